@@ -1,0 +1,3 @@
+from trajcli.cli import main
+
+main()

@@ -1,0 +1,256 @@
+"""Lazy tensor sources: names, shapes and dtypes from headers; rows read on demand.
+
+A `CheckpointReader` never loads a whole model. safetensors files are opened with `safe_open` and
+read by row slices; torch files are loaded with `weights_only=True, mmap=True`, so their storages are
+mapped rather than read, and rows are copied out of the mapping when asked for.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from trajcli.errors import DataError
+from trajcli.io.discover import Checkpoint
+from trajcli.io.names import canonical_names, why_not_parameter
+
+_ST_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}
+_LFS_MAGIC = b"version https://git-lfs"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str  # canonical name (wrapper prefixes removed)
+    stored_name: str
+    shape: tuple[int, ...]
+    dtype: str  # torch dtype name without "torch.", e.g. "bfloat16"
+    file_idx: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def n_rows(self) -> int:
+        """Rows along the first axis (elements for a 1-D tensor, 1 for a scalar)."""
+        return self.shape[0] if self.shape else 1
+
+
+@dataclass
+class CheckpointReader:
+    checkpoint: Checkpoint
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)  # parameters, canonical name -> info
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # (stored name, why)
+    size_bytes: int = 0
+    _handles: list = field(default_factory=list)
+
+    def read_into(self, name: str, row_start: int, row_stop: int, out: np.ndarray) -> None:
+        """Copy rows [row_start, row_stop) of tensor `name`, flattened, into float64 `out`."""
+        info = self.tensors[name]
+        chunk = self._rows(info, row_start, row_stop)
+        try:
+            torch.from_numpy(out).copy_(chunk.reshape(-1))
+        except RuntimeError as exc:
+            raise DataError(
+                f"cannot read tensor {info.stored_name} rows {row_start}:{row_stop} of "
+                f"{self.checkpoint.files[info.file_idx]}: {exc}",
+                "the file is damaged; re-create or re-download it",
+            ) from None
+
+    def _rows(self, info: TensorInfo, row_start: int, row_stop: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+def _check_not_lfs(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LFS_MAGIC))
+    except OSError as exc:
+        raise DataError(f"cannot open {path}: {exc.strerror}", "check that the file exists and is readable") from None
+    if head == _LFS_MAGIC:
+        raise DataError(
+            f"{path} is a Git-LFS pointer, not weights",
+            "fetch the real file: 'git lfs pull' in the clone, or download it again with huggingface_hub",
+        )
+
+
+def _add_tensors(reader: CheckpointReader, stored: list[tuple[str, tuple[int, ...], str, int]], lightning: bool) -> None:
+    names = canonical_names([s[0] for s in stored], lightning=lightning)
+    for stored_name, shape, dtype, file_idx in stored:
+        name = names[stored_name]
+        why = why_not_parameter(name, shape, dtype)
+        if why is not None:
+            reader.left_out.append((stored_name, why))
+        else:
+            reader.tensors[name] = TensorInfo(name, stored_name, shape, dtype, file_idx)
+
+
+class SafetensorsReader(CheckpointReader):
+    def _open(self) -> None:
+        stored = []
+        for file_idx, path in enumerate(self.checkpoint.files):
+            _check_not_lfs(path)
+            try:
+                handle = safe_open(str(path), framework="pt")
+                keys = list(handle.keys())
+                headers = [(k, handle.get_slice(k)) for k in keys]
+                for key, sl in headers:
+                    dtype = sl.get_dtype()
+                    stored.append((key, tuple(sl.get_shape()), _ST_DTYPES.get(dtype, dtype.lower()), file_idx))
+            except Exception as exc:  # safetensors raises several types for damaged headers
+                raise DataError(
+                    f"cannot read safetensors file {path}: {_one_line(exc)}",
+                    "the file is truncated or damaged; re-create or re-download it",
+                ) from None
+            self._handles.append(handle)
+            self.size_bytes += path.stat().st_size
+        _check_index(self.checkpoint, {s[0]: s[3] for s in stored})
+        _add_tensors(self, stored, lightning=False)
+
+    def _rows(self, info: TensorInfo, row_start: int, row_stop: int) -> torch.Tensor:
+        try:
+            sl = self._handles[info.file_idx].get_slice(info.stored_name)
+            return sl[...] if not info.shape else sl[row_start:row_stop]
+        except Exception as exc:
+            raise DataError(
+                f"cannot read tensor {info.stored_name} from {self.checkpoint.files[info.file_idx]}: {_one_line(exc)}",
+                "the file is truncated or damaged; re-create or re-download it",
+            ) from None
+
+
+def _check_index(ckpt: Checkpoint, found_in: dict[str, int]) -> None:
+    """Every tensor the shard index lists must be in the shard it names."""
+    if ckpt.index_path is None:
+        return
+    import json
+
+    weight_map = json.loads(ckpt.index_path.read_text())["weight_map"]
+    shard_idx = {p.name: i for i, p in enumerate(ckpt.files)}
+    for tensor, shard in weight_map.items():
+        if found_in.get(tensor) != shard_idx[shard]:
+            raise DataError(
+                f"shard index {ckpt.index_path} puts tensor {tensor!r} in {shard}, but that shard does not hold it",
+                "the index and the shards come from different saves; re-download the checkpoint",
+            )
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported (?:global|operand)[^:]*:\s*(?:GLOBAL\s+)?([^\s]+)")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def load_torch_file(path: Path) -> object:
+    """`torch.load` with weights_only=True (never anything else), mapped when the format allows."""
+    _check_not_lfs(path)
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "zip" not in str(exc).lower() or not _is_legacy_pickle(path):
+                raise
+            # The pre-1.6 format cannot be mapped; it is read whole.
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _UNSUPPORTED_GLOBAL.search(str(exc))
+        what = f"it asks for {found.group(1)}, " if found else ""
+        raise DataError(
+            f"refused to load {path}: {what}which weights-only loading does not allow (nothing was executed)",
+            "trajcli never runs code from a checkpoint; save the bare state dict (torch.save(model.state_dict(), f))",
+        ) from None
+    except Exception as exc:  # zip, EOF, unpickling and storage errors of a damaged file
+        raise DataError(
+            f"cannot read torch file {path}: {_one_line(exc)}",
+            "the file is truncated or damaged; re-create or re-download it",
+        ) from None
+
+
+def _is_legacy_pickle(path: Path) -> bool:
+    return not zipfile.is_zipfile(path)
+
+
+def unwrap_state_dict(obj: object, path: Path) -> tuple[dict, str, int | None, str | None]:
+    """(tensors, format, step, step key) of a loaded torch file: plain, nanoGPT, Lightning, DeepSpeed."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} holds a {type(obj).__name__}, not a state dict", "save model.state_dict() instead")
+    fmt, inner, step_key = "torch-file", obj, None
+    if isinstance(obj.get("state_dict"), dict):
+        fmt = "lightning" if ("pytorch-lightning_version" in obj or "global_step" in obj) else "torch-file"
+        inner, step_key = obj["state_dict"], "global_step"
+    elif isinstance(obj.get("model"), dict):
+        fmt = "nanogpt" if ("model_args" in obj or "iter_num" in obj) else "torch-file"
+        inner, step_key = obj["model"], "iter_num"
+    elif isinstance(obj.get("module"), dict):
+        fmt, inner, step_key = "deepspeed", obj["module"], "global_steps"
+    elif isinstance(obj.get("model_state_dict"), dict):
+        inner, step_key = obj["model_state_dict"], "step"
+    step = obj.get(step_key) if step_key else None
+    if isinstance(step, torch.Tensor) and step.numel() == 1:
+        step = int(step.item())
+    if not isinstance(step, int) or isinstance(step, bool):
+        step, step_key = None, None
+    tensors = {k: v for k, v in inner.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise DataError(f"{path} holds no tensors", "pass model weights, not an optimizer or training state")
+    return tensors, fmt, step, step_key
+
+
+class TorchReader(CheckpointReader):
+    def _open(self) -> None:
+        stored, seen_storage, found_in = [], {}, {}
+        lightning = False
+        for file_idx, path in enumerate(self.checkpoint.files):
+            tensors, fmt, step, step_key = unwrap_state_dict(load_torch_file(path), path)
+            if self.checkpoint.format == "torch-file":
+                self.checkpoint.format = fmt
+            lightning = lightning or fmt == "lightning"
+            if step is not None and self.checkpoint.step_source in (None, "name"):
+                self.checkpoint.step, self.checkpoint.step_source = step, step_key
+            self._handles.append(tensors)
+            self.size_bytes += path.stat().st_size
+            for key, t in tensors.items():
+                found_in[key] = file_idx
+                tie = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+                if t.numel() and tie in seen_storage:
+                    self.left_out.append((key, f"tied to {seen_storage[tie]} (same storage, counted once)"))
+                    continue
+                seen_storage[tie] = key
+                stored.append((key, tuple(t.shape), str(t.dtype).removeprefix("torch."), file_idx))
+        if self.checkpoint.format == "deepspeed" and stored and all(0 in s[1] for s in stored):
+            raise DataError(
+                f"{self.checkpoint.files[0]} holds ZeRO-3 partitioned parameters (all empty)",
+                "consolidate first with DeepSpeed's zero_to_fp32.py, then point trajcli at its output",
+            )
+        _check_index(self.checkpoint, found_in)
+        _add_tensors(self, stored, lightning=lightning)
+
+    def _rows(self, info: TensorInfo, row_start: int, row_stop: int) -> torch.Tensor:
+        t = self._handles[info.file_idx][info.stored_name]
+        return t if t.dim() == 0 else t[row_start:row_stop]
+
+
+def open_checkpoint(ckpt: Checkpoint) -> CheckpointReader:
+    """Open a checkpoint's files (headers only) and list its parameters."""
+    is_st = all(p.suffix == ".safetensors" for p in ckpt.files)
+    reader = SafetensorsReader(ckpt) if is_st else TorchReader(ckpt)
+    reader._open()
+    return reader

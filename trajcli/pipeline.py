@@ -1,0 +1,50 @@
+"""The flow every command shares: discover -> inventory -> one pass -> Gram set."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from trajcli.engine.gram import GramSet, accumulate, itemsize
+from trajcli.io.discover import discover_checkpoints
+from trajcli.io.inventory import Inventory, Selection, take_inventory
+
+
+@dataclass
+class Trajectory:
+    inventory: Inventory
+    grams: GramSet
+
+
+def load_inventory(paths: list[str], selection: Selection) -> Inventory:
+    stdin_text = sys.stdin.read() if "-" in paths else None
+    return take_inventory(discover_checkpoints(paths, stdin_text), selection)
+
+
+@contextlib.contextmanager
+def _progress(total_bytes: int, quiet: bool) -> Iterator:
+    """A bytes-read progress bar on stderr, only when stderr is a terminal and not --quiet."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    with Progress("reading", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("read", total=total_bytes)
+        yield lambda n: progress.advance(task, n)
+
+
+def read_trajectory(inv: Inventory, memory_budget_bytes: int, quiet: bool = False) -> Trajectory:
+    """The single streaming pass over an inventoried trajectory."""
+    total = sum(
+        t.numel * itemsize(r.tensors[t.name].dtype) for t in inv.tensors for r in inv.readers
+    )
+    with _progress(total, quiet) as on_bytes:
+        grams = accumulate(inv, memory_budget_bytes, on_bytes)
+    return Trajectory(inv, grams)
+
