@@ -79,7 +79,8 @@ def handles_errors(fn):
 
 # Options shared by every command that reads a trajectory.
 PathsArg = Annotated[list[str], typer.Argument(
-    help="A folder of checkpoints, several checkpoint paths, or '-' to read paths from stdin.", show_default=False)]
+    help="A folder of checkpoints, several checkpoint paths, or '-' to read paths from stdin.", show_default=False,
+    metavar="PATH")]
 EveryOpt = Annotated[int, typer.Option("--every", min=1, help="Keep every K-th checkpoint.")]
 MaxOpt = Annotated[Optional[int], typer.Option("--max-checkpoints", min=2, help="Subsample uniformly to at most M checkpoints (first and last kept).")]
 StepsOpt = Annotated[Optional[str], typer.Option("--steps", help="Keep checkpoints with step in A:B (inclusive; either side may be empty).")]
@@ -202,3 +203,47 @@ def similarity(
 
 def main() -> None:
     app()
+
+
+@app.command()
+@handles_errors
+def demo(
+    folder: Annotated[Path, typer.Argument(help="Where to put the demo trajectory and its results.")] = Path("trajcli-demo"),
+    memory_budget: BudgetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a tiny GPT-NeoX-layout model, save a Pythia-like trajectory, and analyse it.
+
+    Writes FOLDER/checkpoints/step*/ (sharded safetensors + config.json) and, from one pass over them,
+    FOLDER/results/{raw,displacement,update}/similarity.*. About half a minute on 2 CPU cores; an
+    existing complete trajectory in FOLDER is reused. Example:
+
+      trajcli demo && trajcli inspect trajcli-demo/checkpoints
+    """
+    from trajcli.analysis import similarity_result
+    from trajcli.demo import DEMO_STEPS, make_demo_trajectory
+    from trajcli.engine.budget import parse_budget
+    from trajcli.io.inventory import Selection
+    from trajcli.metrics.trajectory import MODES
+    from trajcli.pipeline import load_inventory, read_trajectory
+    from trajcli.report import render
+
+    budget = parse_budget(memory_budget)
+    checkpoints = folder / "checkpoints"
+    complete = all((checkpoints / f"step{s}" / "model.safetensors.index.json").is_file() for s in DEMO_STEPS)
+    if complete:
+        typer.echo(f"using the demo trajectory already in {checkpoints}", err=True)
+    else:
+        typer.echo(f"training a tiny GPT-NeoX-layout model; checkpoints go to {checkpoints}", err=True)
+        make_demo_trajectory(checkpoints, log=None if quiet else (lambda m: typer.echo(f"  {m}", err=True)))
+    inv = load_inventory([str(checkpoints)], Selection())
+    try:
+        trajectory = read_trajectory(inv, budget, quiet=quiet)
+    finally:
+        inv.close()
+    for mode in MODES:
+        doc, matrix, _ = similarity_result(inv, trajectory.grams, mode, None)
+        out_dir = render.prepare_out(folder / "results" / mode, inv)
+        written = render.write_similarity(out_dir, doc, matrix)
+        typer.echo(f"\n── {mode} ──")
+        render.print_similarity(doc, written)

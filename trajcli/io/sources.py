@@ -155,8 +155,10 @@ _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported (?:global|operand)[^:]*:\s*(?:GLO
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0] if text else ''}".rstrip(": ")
+    """The exception's first sentence on one line (library messages can run to paragraphs)."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return f"{exc.__class__.__name__}: {first}".rstrip(": ")
 
 
 def load_torch_file(path: Path) -> object:

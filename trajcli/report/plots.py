@@ -16,7 +16,7 @@ def _pyplot():
     return plt
 
 
-def _tick_positions(n: int, max_ticks: int = 12) -> list[int]:
+def _tick_positions(n: int, max_ticks: int = 20) -> list[int]:
     if n <= max_ticks:
         return list(range(n))
     return sorted({round(i * (n - 1) / (max_ticks - 1)) for i in range(max_ticks)})
@@ -36,6 +36,8 @@ def trajectory_map(path: Path, matrix: np.ndarray, tick_labels: list[str], title
     ax.set_xticks(ticks, [tick_labels[i] for i in ticks], rotation=60, ha="right", fontsize=8)
     ax.set_yticks(ticks, [tick_labels[i] for i in ticks], fontsize=8)
     ax.set_title(title, fontsize=10)
+    ax.set_xlabel("checkpoint (step)", fontsize=9)
+    ax.set_ylabel("checkpoint (step)", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
     fig.tight_layout()
     fig.savefig(path, format=fmt)

@@ -65,6 +65,12 @@ def prepare_out_dir(out: Path, input_paths: list[Path]) -> Path:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class OutputSet:
     """Files to write together: each goes to a hidden temp file first and all are renamed at the end,
     so an error or an interruption leaves the folder as it was (no half-written results)."""
@@ -75,6 +81,7 @@ class OutputSet:
 
     def _temp(self, name: str) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual permissions
         os.close(fd)
         self._pending.append((Path(tmp), self.out / name))
         return Path(tmp)

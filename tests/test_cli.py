@@ -1,0 +1,109 @@
+"""The command line as a pipeline tool: stdout/stderr apart, strict JSON, files, selection, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import as_array, explicit_matrix, random_trajectory, run, run_json, save_safetensors_dir
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    sds = random_trajectory(6, seed=31)
+    steps = [0, 1, 2, 4, 512, 1000]
+    for step, sd in zip(steps, sds):
+        save_safetensors_dir(tmp_path / "run" / f"step{step}", sd)
+    return tmp_path / "run", sds, steps
+
+
+def test_similarity_summary_on_stdout_and_files_with_out(run_dir, tmp_path):
+    folder, sds, _ = run_dir
+    out = tmp_path / "results"
+    result = run(["similarity", folder, "--mode", "displacement", "--out", out])
+    assert result.exit_code == 0, result.stderr
+    assert "MDS ω" in result.stdout and "reference step0" in result.stdout
+    assert result.stderr == ""
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["similarity.csv", "similarity.json", "similarity.npy", "similarity.png"]
+    doc = json.loads((out / "similarity.json").read_text())
+    expected = explicit_matrix(sds, "displacement")
+    np.testing.assert_allclose(as_array(doc["matrix"]), expected, atol=1e-9)
+    np.testing.assert_allclose(np.load(out / "similarity.npy"), expected, atol=1e-9)
+    rows = (out / "similarity.csv").read_text().splitlines()
+    assert rows[0] == "label,step1,step2,step4,step512,step1000"
+    assert rows[1].split(",")[0] == "step1"
+    assert float(rows[2].split(",")[1]) == pytest.approx(expected[1, 0], abs=1e-12)
+    assert (out / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_contract(run_dir):
+    folder, _, steps = run_dir
+    doc = run_json(["similarity", folder])
+    for key in ("schema", "checkpoints", "mode", "reference", "labels", "matrix", "mds", "n_params", "n_tensors"):
+        assert key in doc
+    assert doc["schema"] == "trajcli.similarity/1"
+    assert doc["mode"] == "raw" and doc["reference"] is None
+    assert [c["step"] for c in doc["checkpoints"]] == steps
+    assert set(doc["checkpoints"][0]) >= {"name", "path", "step", "format"}
+    assert doc["labels"] == [f"step{s}" for s in steps]
+
+
+def test_selection_flags(run_dir):
+    folder, _, _ = run_dir
+    assert [c["step"] for c in run_json(["similarity", folder, "--every", "2"])["checkpoints"]] == [0, 2, 512]
+    assert [c["step"] for c in run_json(["similarity", folder, "--steps", "2:600"])["checkpoints"]] == [2, 4, 512]
+    assert [c["step"] for c in run_json(["similarity", folder, "--steps", ":1"])["checkpoints"]] == [0, 1]
+    picked = [c["step"] for c in run_json(["similarity", folder, "--max-checkpoints", "3"])["checkpoints"]]
+    assert picked[0] == 0 and picked[-1] == 1000 and len(picked) == 3
+
+
+def test_include_exclude_restrict_the_tensors(run_dir):
+    folder, sds, _ = run_dir
+    doc = run_json(["similarity", folder, "--include", r"^layers\.", "--exclude", "bias"])
+    names = ["layers.0.attn.weight", "layers.0.norm.weight", "layers.1.mlp.weight"]
+    assert doc["n_tensors"] == 3
+    np.testing.assert_allclose(as_array(doc["matrix"]), explicit_matrix(sds, "raw", names=names), atol=1e-9)
+
+
+def test_paths_from_stdin(run_dir):
+    folder, sds, _ = run_dir
+    listing = "\n".join(str(folder / f"step{s}") for s in (1000, 0, 4)) + "\n"
+    doc = run_json(["similarity", "-"], input=listing)
+    assert [c["name"] for c in doc["checkpoints"]] == ["step0", "step4", "step1000"]
+
+
+def test_inspect_lists_checkpoints_and_what_is_left_out(tmp_path):
+    import torch
+
+    for k in range(2):
+        sd = {"h.0.attn.bias": torch.ones(1, 1, 4, 4, dtype=torch.bool), "h.0.attn.c_attn.bias": torch.randn(12),
+              "pos.position_ids": torch.arange(4), "w": torch.randn(3, 3)}
+        save_safetensors_dir(tmp_path / f"checkpoint-{k}", sd)
+    doc = run_json(["inspect", tmp_path])
+    assert doc["schema"] == "trajcli.inspect/1"
+    assert [t["name"] for t in doc["tensors"]] == ["h.0.attn.c_attn.bias", "w"]
+    why = {d["tensor"]: d["why"] for d in doc["left_out"]}
+    assert set(why) == {"h.0.attn.bias", "pos.position_ids"}
+    assert doc["checkpoints"][0]["n_params"] == 21
+    text = run(["inspect", tmp_path])
+    assert text.exit_code == 0 and "checkpoint-1" in text.stdout and "left out (2)" in text.stdout
+
+
+def test_version_and_help_are_light():
+    result = run(["--version"])
+    assert result.exit_code == 0 and result.stdout.startswith("trajcli ")
+    code = "import sys, trajcli.cli; sys.argv=['trajcli','--help']\ntry: trajcli.cli.main()\nexcept SystemExit: pass\n" \
+           "print('torch' in sys.modules, 'matplotlib' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False False"
+
+
+def test_every_command_has_examples_in_help():
+    for command in ("inspect", "similarity"):
+        result = run([command, "--help"])
+        assert result.exit_code == 0 and "trajcli " + command in result.stdout

@@ -1,0 +1,61 @@
+"""The built-in demo trajectory: a real GPT-NeoX layout, sharded safetensors, analysed end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import as_array, explicit_matrix, run
+from trajcli.demo import DEMO_CONFIG, TinyNeoX, make_demo_trajectory
+
+
+def _load(folder):
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    sd = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        sd.update(load_file(str(folder / shard)))
+    assert set(sd) == set(index["weight_map"])
+    return sd
+
+
+def test_demo_model_is_gpt_neox_by_its_forward_pass(tmp_path):
+    """transformers' GPTNeoXForCausalLM loads a demo checkpoint and computes the same logits."""
+    transformers = pytest.importorskip("transformers")
+    folders = make_demo_trajectory(tmp_path, steps=[0, 3])
+    ours = TinyNeoX()
+    ours.load_state_dict(_load(folders[-1]))
+    theirs = transformers.GPTNeoXForCausalLM.from_pretrained(folders[-1])
+    ours.eval(), theirs.eval()
+    x = torch.randint(0, DEMO_CONFIG["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        np.testing.assert_allclose(ours(x).numpy(), theirs(x).logits.numpy(), atol=1e-4)
+
+
+def test_demo_trajectory_is_sharded_and_read_exactly(tmp_path):
+    folders = make_demo_trajectory(tmp_path / "ck", steps=[0, 1, 2, 4, 8])
+    assert [f.name for f in folders] == ["step0", "step1", "step2", "step4", "step8"]
+    assert len(list(folders[0].glob("model-*-of-*.safetensors"))) == 2
+    sds = [_load(f) for f in folders]
+    result = run(["similarity", tmp_path / "ck", "--mode", "update", "--json"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    np.testing.assert_allclose(as_array(doc["matrix"]), explicit_matrix(sds, "update"), atol=1e-9)
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(tmp_path):
+    result = run(["demo", tmp_path / "demo", "--quiet"])
+    assert result.exit_code == 0, result.stderr
+    for mode in ("raw", "displacement", "update"):
+        folder = tmp_path / "demo" / "results" / mode
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "similarity.csv", "similarity.json", "similarity.npy", "similarity.png"]
+        doc = json.loads((folder / "similarity.json").read_text())
+        assert doc["n_checkpoints"] == 16 and doc["mode"] == mode
+    assert "MDS ω" in result.stdout
+    again = run(["demo", tmp_path / "demo", "--quiet"])
+    assert again.exit_code == 0 and "already in" in again.stderr

@@ -1,0 +1,134 @@
+"""The single-pass engine and the trajectory-map numerics: chunking, properties, known answers."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import explicit_matrix, flatten, random_trajectory, save_safetensors_dir
+from trajcli.engine.gram import accumulate
+from trajcli.io.discover import discover_checkpoints
+from trajcli.io.inventory import Selection, take_inventory
+from trajcli.metrics import trajectory as tm
+
+
+def _grams(folder, budget_bytes):
+    inv = take_inventory(discover_checkpoints([str(folder)]), Selection())
+    try:
+        return accumulate(inv, budget_bytes)
+    finally:
+        inv.close()
+
+
+def _explicit_basis(sds) -> np.ndarray:
+    x = np.stack([flatten(sd) for sd in sds])
+    b = np.concatenate([x[:1], np.diff(x, axis=0)])
+    return b @ b.T
+
+
+@pytest.fixture(scope="module")
+def saved_trajectory(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("traj")
+    sds = random_trajectory(5, seed=11)
+    for k, sd in enumerate(sds):
+        save_safetensors_dir(folder / f"step{k}", sd)
+    return folder, sds
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunk_elems=st.integers(min_value=1, max_value=200))
+def test_chunked_gram_equals_one_shot_for_every_chunk_size(saved_trajectory, chunk_elems):
+    folder, sds = saved_trajectory
+    n = len(sds)
+    grams = _grams(folder, chunk_elems * 2 * 8 * n)
+    basis, bad = grams.group(list(grams.basis))
+    assert not bad
+    np.testing.assert_allclose(basis, _explicit_basis(sds), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 7), seed=st.integers(0, 10_000), mode=st.sampled_from(tm.MODES), data=st.data())
+def test_map_properties(n, seed, mode, data):
+    """Symmetric, unit diagonal, entries in [−1, 1], equal to the explicit map."""
+    sds = random_trajectory(n, seed=seed, shapes={"w": (5, 3), "b": (4,)})
+    ref = data.draw(st.integers(0, n - 1)) if mode == "displacement" else 0
+    if mode != "raw" and n < 2:
+        return
+    cos = tm.cosine_matrix(tm.mode_vectors(_explicit_basis(sds), mode, ref))
+    assert np.allclose(cos, cos.T, atol=0)
+    assert np.all(np.diagonal(cos) == 1.0)
+    assert np.all((cos >= -1.0) & (cos <= 1.0))
+    np.testing.assert_allclose(cos, explicit_matrix(sds, mode, ref), rtol=0, atol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), scales=st.lists(st.floats(0.1, 10.0), min_size=4, max_size=4))
+def test_raw_map_is_invariant_to_positive_rescaling(seed, scales):
+    # Raw vectors are rebuilt from the basis (θ_k = b_0 + … + b_k): rounding grows with the ratio of
+    # the norms, about eps·ratio², so 1e-10 holds up to a 100× spread of checkpoint norms.
+    sds = random_trajectory(4, seed=seed, shapes={"w": (6, 2)}, dtype=torch.float64)
+    scaled = [{k: v * s for k, v in sd.items()} for sd, s in zip(sds, scales)]
+    a = tm.cosine_matrix(tm.mode_vectors(_explicit_basis(sds), "raw"))
+    b = tm.cosine_matrix(tm.mode_vectors(_explicit_basis(scaled), "raw"))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), perm=st.permutations(range(5)))
+def test_permuting_checkpoints_permutes_the_raw_map(seed, perm):
+    sds = random_trajectory(5, seed=seed, shapes={"w": (3, 3)})
+    a = tm.cosine_matrix(tm.mode_vectors(_explicit_basis(sds), "raw"))
+    b = tm.cosine_matrix(tm.mode_vectors(_explicit_basis([sds[i] for i in perm]), "raw"))
+    np.testing.assert_allclose(b, a[np.ix_(perm, perm)], rtol=0, atol=1e-12)
+
+
+def test_known_answer_scaled_copies_have_cosine_one(tmp_path):
+    base = random_trajectory(1, seed=5)[0]
+    sds = [{k: (j + 1) * v for k, v in base.items()} for j in range(4)]
+    for j, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / f"step{j}", sd)
+    grams = _grams(tmp_path, 1 << 20)
+    basis, _ = grams.group(list(grams.basis))
+    for mode in tm.MODES:
+        cos = tm.cosine_matrix(tm.mode_vectors(basis, mode))
+        np.testing.assert_allclose(cos, 1.0, rtol=0, atol=1e-12)
+        assert tm.mean_directional_similarity(cos) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_known_answer_orthogonal_checkpoints_have_cosine_zero(tmp_path):
+    for j in range(4):
+        w = torch.zeros(4, 3)
+        w[j] = torch.tensor([1.0, -2.0, 0.5]) * (j + 1)
+        save_safetensors_dir(tmp_path / f"step{j}", {"w": w})
+    grams = _grams(tmp_path, 1 << 20)
+    basis, _ = grams.group(list(grams.basis))
+    cos = tm.cosine_matrix(tm.mode_vectors(basis, "raw"))
+    np.testing.assert_allclose(cos, np.eye(4), rtol=0, atol=1e-15)
+    assert tm.mean_directional_similarity(cos) == 0.0
+
+
+def test_memory_follows_the_budget_not_the_model(tmp_path):
+    """numpy allocations during the pass (traced by tracemalloc) stay within the budget, for a model
+    eight times larger than it; torch's mapped reads are file-backed, not counted against it."""
+    budget = 1 << 20  # 1 MiB
+    shapes = {"big.weight": (1024, 256), "other.weight": (512, 128), "bias": (1024,)}  # 1.2 MiB fp32 each
+    sds = random_trajectory(4, seed=6, shapes=shapes)
+    for j, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / f"step{j}", sd)
+    inv = take_inventory(discover_checkpoints([str(tmp_path)]), Selection())
+    assert inv.n_params * 8 * 4 > 8 * budget
+    tracemalloc.start()
+    try:
+        grams = accumulate(inv, budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        inv.close()
+    assert peak <= budget
+    basis, _ = grams.group(list(grams.basis))
+    np.testing.assert_allclose(basis, _explicit_basis(sds), rtol=1e-12)

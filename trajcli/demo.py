@@ -1,0 +1,165 @@
+"""The built-in demo trajectory: a tiny GPT-NeoX-layout transformer trained in pure torch.
+
+The model follows GPT-NeoX's parameter names and layouts (a fused `query_key_value` interleaved per
+head, parallel residual, rotary embeddings, untied `embed_out`), so the saved checkpoints read like a
+miniature Pythia run: `step0`, `step1`, `step2`, `step4` … then evenly spaced, each a sharded
+safetensors folder with `config.json`. The task is synthetic next-token prediction (a fixed random
+Markov chain), trained with AdamW and weight decay. No network, no download.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn import functional as F
+
+DEMO_CONFIG = {
+    "architectures": ["GPTNeoXForCausalLM"],
+    "model_type": "gpt_neox",
+    "vocab_size": 64,
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 256,
+    "max_position_embeddings": 64,
+    "rotary_pct": 1.0,
+    "rotary_emb_base": 10000,
+    "use_parallel_residual": True,
+    "layer_norm_eps": 1e-5,
+    "hidden_act": "gelu",
+    "tie_word_embeddings": False,
+    "attention_bias": True,
+    "torch_dtype": "float32",
+}
+# Pythia-like: log-spaced early checkpoints, then evenly spaced ones.
+DEMO_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 640, 768, 896, 1024]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class NeoXLayer(nn.Module):
+    def __init__(self, d: int, n_head: int, d_ff: int, eps: float):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, d // n_head
+        self.input_layernorm = nn.LayerNorm(d, eps=eps)
+        self.post_attention_layernorm = nn.LayerNorm(d, eps=eps)
+        self.attention = nn.Module()
+        self.attention.query_key_value = nn.Linear(d, 3 * d)
+        self.attention.dense = nn.Linear(d, d)
+        self.mlp = nn.Module()
+        self.mlp.dense_h_to_4h = nn.Linear(d, d_ff)
+        self.mlp.dense_4h_to_h = nn.Linear(d_ff, d)
+
+    def attend(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        qkv = self.attention.query_key_value(x)  # (b, t, 3d), interleaved per head
+        qkv = qkv.view(b, t, self.n_head, 3 * self.head_dim).transpose(1, 2)  # (b, h, t, 3·hd)
+        q, k, v = qkv.split(self.head_dim, dim=-1)
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, h, t, hd)
+        return self.attention.dense(y.transpose(1, 2).reshape(b, t, d))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        mlp = self.mlp.dense_4h_to_h(F.gelu(self.mlp.dense_h_to_4h(self.post_attention_layernorm(x))))
+        return x + self.attend(self.input_layernorm(x), cos, sin) + mlp
+
+
+class TinyNeoX(nn.Module):
+    """GPT-NeoX in miniature; state_dict keys match transformers' GPTNeoXForCausalLM."""
+
+    def __init__(self, cfg: dict = DEMO_CONFIG):
+        super().__init__()
+        d, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
+        self.gpt_neox = nn.Module()
+        self.gpt_neox.embed_in = nn.Embedding(cfg["vocab_size"], d)
+        self.gpt_neox.layers = nn.ModuleList(
+            NeoXLayer(d, cfg["num_attention_heads"], cfg["intermediate_size"], eps) for _ in range(cfg["num_hidden_layers"])
+        )
+        self.gpt_neox.final_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.embed_out = nn.Linear(d, cfg["vocab_size"], bias=False)
+        hd = d // cfg["num_attention_heads"]
+        inv_freq = 1.0 / (cfg["rotary_emb_base"] ** (torch.arange(0, hd, 2).float() / hd))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        t = idx.shape[1]
+        freqs = torch.outer(torch.arange(t, dtype=torch.float32), self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        x = self.gpt_neox.embed_in(idx)
+        for layer in self.gpt_neox.layers:
+            x = layer(x, cos, sin)
+        return self.embed_out(self.gpt_neox.final_layer_norm(x))
+
+
+def save_sharded(state: dict[str, torch.Tensor], folder: Path, n_shards: int = 2) -> None:
+    """save_pretrained's layout: model-0000i-of-0000n.safetensors + model.safetensors.index.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(state)
+    per = math.ceil(len(names) / n_shards)
+    weight_map, total = {}, 0
+    for i in range(n_shards):
+        shard = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = {k: state[k].contiguous() for k in names[i * per:(i + 1) * per]}
+        save_file(part, str(folder / shard), metadata={"format": "pt"})
+        weight_map.update({k: shard for k in part})
+        total += sum(t.numel() * t.element_size() for t in part.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def _batches(vocab: int, batch: int, seq: int, gen: torch.Generator):
+    """Sequences from a fixed random Markov chain with a few likely successors per token."""
+    logits = torch.randn(vocab, vocab, generator=gen) * 3.0
+    probs = torch.softmax(logits, dim=-1)
+    while True:
+        x = torch.empty(batch, seq + 1, dtype=torch.long)
+        x[:, 0] = torch.randint(0, vocab, (batch,), generator=gen)
+        for j in range(seq):
+            x[:, j + 1] = torch.multinomial(probs[x[:, j]], 1, generator=gen).squeeze(1)
+        yield x[:, :-1], x[:, 1:]
+
+
+def make_demo_trajectory(folder: Path, steps: list[int] = DEMO_STEPS, seed: int = 0, log=None) -> list[Path]:
+    """Train the tiny model and save a checkpoint folder at each of `steps`; returns the folders."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    cfg = DEMO_CONFIG
+    model = TinyNeoX(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95))
+    total = max(steps)
+    warmup = 32
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    data = _batches(cfg["vocab_size"], 16, 32, gen)
+    folders = []
+    for step in range(total + 1):
+        if step in steps:
+            out = folder / f"step{step}"
+            save_sharded({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
+            (out / "config.json").write_text(json.dumps(cfg, indent=2))
+            folders.append(out)
+        if step == total:
+            break
+        x, y = next(data)
+        loss = F.cross_entropy(model(x).reshape(-1, cfg["vocab_size"]), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log is not None and (step + 1) % 256 == 0:
+            log(f"step {step + 1}/{total}: loss {loss.item():.3f}")
+    return folders
