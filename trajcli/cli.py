@@ -49,8 +49,12 @@ def warn(message: str) -> None:
     typer.echo(f"trajcli: warning: {message}", err=True)
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler so that cleanup (finally, OutputSet) runs as for Ctrl-C."""
+
+
 def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def handles_errors(fn):
@@ -68,7 +72,7 @@ def handles_errors(fn):
             if exc.hint:
                 typer.echo(f"  hint: {exc.hint}", err=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated):
             typer.echo("trajcli: interrupted; no output was left half-written", err=True)
             raise typer.Exit(130) from None
         finally:
