@@ -141,3 +141,12 @@ def test_hub_cache_refs_name_the_revisions(tmp_path):
     doc = run_json(["similarity", repo.parent / repo.name])
     assert [c["name"] for c in doc["checkpoints"]] == ["step1", "step2", "step512"]
     assert all(os.path.islink(os.path.join(c["path"], "model.safetensors")) for c in doc["checkpoints"])
+
+
+def test_legacy_non_zip_torch_files_are_read(tmp_path):
+    """Files saved before torch 1.6's zip format cannot be mapped; they are read whole, still weights-only."""
+    sds = random_trajectory(3, seed=5)
+    for k, sd in enumerate(sds):
+        torch.save(sd, tmp_path / f"model_{k}.bin", _use_new_zipfile_serialization=False)
+    doc = run_json(["similarity", tmp_path, "--mode", "update"])
+    np.testing.assert_allclose(as_array(doc["matrix"]), explicit_matrix(sds, "update"), rtol=0, atol=1e-9)
