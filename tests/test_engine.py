@@ -46,7 +46,7 @@ def test_chunked_gram_equals_one_shot_for_every_chunk_size(saved_trajectory, chu
     folder, sds = saved_trajectory
     n = len(sds)
     grams = _grams(folder, chunk_elems * 2 * 8 * n)
-    basis, bad = grams.group(list(grams.basis))
+    basis, bad = grams.whole()
     assert not bad
     np.testing.assert_allclose(basis, _explicit_basis(sds), rtol=1e-12, atol=1e-12)
 
@@ -93,7 +93,7 @@ def test_known_answer_scaled_copies_have_cosine_one(tmp_path):
     for j, sd in enumerate(sds):
         save_safetensors_dir(tmp_path / f"step{j}", sd)
     grams = _grams(tmp_path, 1 << 20)
-    basis, _ = grams.group(list(grams.basis))
+    basis, _ = grams.whole()
     for mode in tm.MODES:
         cos = tm.cosine_matrix(tm.mode_vectors(basis, mode))
         np.testing.assert_allclose(cos, 1.0, rtol=0, atol=1e-12)
@@ -106,7 +106,7 @@ def test_known_answer_orthogonal_checkpoints_have_cosine_zero(tmp_path):
         w[j] = torch.tensor([1.0, -2.0, 0.5]) * (j + 1)
         save_safetensors_dir(tmp_path / f"step{j}", {"w": w})
     grams = _grams(tmp_path, 1 << 20)
-    basis, _ = grams.group(list(grams.basis))
+    basis, _ = grams.whole()
     cos = tm.cosine_matrix(tm.mode_vectors(basis, "raw"))
     np.testing.assert_allclose(cos, np.eye(4), rtol=0, atol=1e-15)
     assert tm.mean_directional_similarity(cos) == 0.0
@@ -130,5 +130,5 @@ def test_memory_follows_the_budget_not_the_model(tmp_path):
         tracemalloc.stop()
         inv.close()
     assert peak <= budget
-    basis, _ = grams.group(list(grams.basis))
+    basis, _ = grams.whole()
     np.testing.assert_allclose(basis, _explicit_basis(sds), rtol=1e-12)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from trajcli import __version__
@@ -9,6 +12,10 @@ from trajcli.engine.gram import GramSet
 from trajcli.errors import UsageError
 from trajcli.io.inventory import Inventory
 from trajcli.metrics import trajectory as tm
+
+if TYPE_CHECKING:
+    from trajcli.arch.families import Family
+    from trajcli.arch.layouts import HeadCounts
 
 SIMILARITY_SCHEMA = "trajcli.similarity/1"
 
@@ -79,7 +86,7 @@ def similarity_result(inv: Inventory, grams: GramSet, mode: str, reference: str 
     labels = grams.labels
     steps = [c.step for c in inv.checkpoints]
     ref_idx = resolve_reference(labels, steps, reference)
-    basis, bad = grams.group(list(grams.basis))
+    basis, bad = grams.whole()
     result = group_trajectory(basis, bad, mode, ref_idx, labels)
     cos = result.pop("cos")
     warnings: list[str] = []
@@ -110,7 +117,7 @@ def similarity_result(inv: Inventory, grams: GramSet, mode: str, reference: str 
         "mds_late": result["mds_late"],
         "n_checkpoints": len(labels),
         "n_params": int(sum(grams.n_params.values())),
-        "n_tensors": len(grams.basis),
+        "n_tensors": len(set(grams.tensor_of.values())),
         "most_similar": result["most_similar"],
         "least_similar": result["least_similar"],
         "path": {**result["path"], "reference": labels[ref_idx]},
@@ -122,3 +129,154 @@ def similarity_result(inv: Inventory, grams: GramSet, mode: str, reference: str 
         "warnings": warnings,
     }
     return doc, cos, warnings
+
+
+# ---- architecture, layers and Q/K/V ------------------------------------------------------------
+
+LAYERS_SCHEMA = "trajcli.layers/1"
+QKV_SCHEMA = "trajcli.qkv/1"
+
+
+@dataclass
+class Architecture:
+    family: "Family | None"
+    source: str
+    heads: "HeadCounts | None"
+    config_path: str | None
+    ambiguous: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        h = self.heads
+        return {
+            "name": self.family.name if self.family else None,
+            "title": self.family.title if self.family else None,
+            "layout": self.family.layout if self.family else None,
+            "source": self.source,
+            "config": self.config_path,
+            "num_heads": h.num_heads if h else None,
+            "num_kv_heads": h.num_kv_heads if h else None,
+            "head_dim": h.head_dim if h else None,
+            "heads_source": h.source if h else None,
+        }
+
+
+def detect_architecture(inv: Inventory, arch: str | None, head_flags: dict) -> Architecture:
+    """The family of the trajectory (from --arch, config.json, the format or tensor names) and its heads."""
+    from trajcli.arch.families import detect_family
+    from trajcli.arch.grouping import hidden_size_from, qkv_tensors, resolve_heads
+    from trajcli.io.config import find_model_config
+
+    config, config_path = find_model_config(inv.checkpoints)
+    names = [t.name for t in inv.tensors]
+    detection = detect_family(config, inv.checkpoints[0].format, names, arch)
+    heads = None
+    if detection.family is not None:
+        matched = qkv_tensors(inv.tensors, detection.family)
+        d_in = hidden_size_from(inv.tensors, detection.family, matched)
+        heads = resolve_heads(detection.family, config, inv.readers[0].metadata.get("model_args"), head_flags, d_in)
+    return Architecture(detection.family, detection.source, heads, str(config_path) if config_path else None,
+                        detection.ambiguous)
+
+
+def _scalars(path: dict) -> dict:
+    last = lambda values: values[-1] if values else None  # noqa: E731
+    return {
+        "final_distance": last(path["distance_to_reference"]),
+        "final_angle_to_reference_deg": last(path["angle_to_reference_deg"]),
+        "path_length": path["path_length"],
+        "straightness": path["straightness"],
+        "cone_apex_angle_deg": path["cone_apex_angle_deg"],
+    }
+
+
+def group_document(grams: GramSet, group, mode: str, ref_idx: int, full: bool = True) -> tuple[dict, np.ndarray]:
+    """A group's map and MDS (and, with `full`, its lengths-and-bends scalars)."""
+    basis, bad = grams.group(group.leaves)
+    vectors = tm.mode_vectors(basis, mode, ref_idx, bad)
+    cos = tm.cosine_matrix(vectors)
+    n = cos.shape[0]
+    half = n // 2
+    doc = {"name": group.name, "kind": group.kind, "layer": group.layer, "n_params": group.n_params,
+           "mds": tm.mean_directional_similarity(cos)}
+    if group.role is not None:
+        doc["role"] = group.role
+    if full:
+        doc["mds_early"] = tm.mean_directional_similarity(cos[: n - half, : n - half]) if n >= 4 else None
+        doc["mds_late"] = tm.mean_directional_similarity(cos[half:, half:]) if n >= 4 else None
+        doc.update(_scalars(tm.lengths_and_bends(basis, ref_idx, bad)))
+        doc["undefined"] = bool(np.isnan(cos).any())
+    doc["matrix"] = tm.matrix_to_json(cos)
+    return doc, cos
+
+
+def _common(inv: Inventory, grams: GramSet, mode: str, reference: str | None) -> tuple[dict, int]:
+    labels = grams.labels
+    ref_idx = resolve_reference(labels, [c.step for c in inv.checkpoints], reference)
+    return {
+        "trajcli_version": __version__,
+        "checkpoints": checkpoints_json(inv),
+        "mode": mode,
+        "reference": labels[ref_idx] if mode == "displacement" else None,
+        "labels": mode_labels(labels, mode, ref_idx),
+        "n_checkpoints": len(labels),
+    }, ref_idx
+
+
+def _undefined_warnings(groups: list[dict]) -> list[str]:
+    undefined = [g["name"] for g in groups if g.get("mds") is None]
+    if not undefined:
+        return []
+    shown = ", ".join(undefined[:5]) + (" …" if len(undefined) > 5 else "")
+    return [f"{len(undefined)} group(s) have no defined direction in this mode (frozen or identical "
+            f"checkpoints): {shown}; their entries are null"]
+
+
+def layers_result(inv: Inventory, grams: GramSet, plan, by: str, mode: str, reference: str | None,
+                  arch: Architecture) -> tuple[dict, dict[str, np.ndarray], list[str]]:
+    head, ref_idx = _common(inv, grams, mode, reference)
+    groups, matrices = [], {}
+    for group in plan.groups:
+        doc, cos = group_document(grams, group, mode, ref_idx)
+        groups.append(doc)
+        matrices[group.name] = cos
+    n_blocks = len({g.layer for g in plan.groups if g.layer is not None})
+    result = {"schema": LAYERS_SCHEMA, **head, "by": by, "architecture": arch.to_json(), "n_blocks": n_blocks,
+              "groups": groups}
+    return result, matrices, _undefined_warnings(groups)
+
+
+def _rms_difference(a: np.ndarray, b: np.ndarray) -> float | None:
+    off = ~np.eye(a.shape[0], dtype=bool)
+    d = (a - b)[off]
+    d = d[np.isfinite(d)]
+    return float(np.sqrt(np.mean(d ** 2))) if d.size else None
+
+
+def qkv_result(inv: Inventory, grams: GramSet, plan, layers: list[int], mode: str, reference: str | None,
+               arch: Architecture, include_bias: bool, per_head: bool) -> tuple[dict, list[str]]:
+    head, ref_idx = _common(inv, grams, mode, reference)
+    by_name = {g.name: g for g in plan.groups}
+    n_layers = len(layers)
+    out_layers, part_docs = [], []
+    for i, layer in enumerate(layers):
+        entry: dict = {"layer": layer, "depth": (i + 0.5) / n_layers}
+        maps = {}
+        for part in "qkv":
+            doc, cos = group_document(grams, by_name[f"layer.{layer}.{part}"], mode, ref_idx, full=False)
+            entry[part] = {"mds": doc["mds"], "n_params": doc["n_params"], "matrix": doc["matrix"]}
+            maps[part] = cos
+            part_docs.append(doc)
+        omegas = [entry[p]["mds"] for p in "qkv"]
+        entry["heterogeneity"] = None if None in omegas else max(omegas) - min(omegas)
+        distances = [_rms_difference(maps[a], maps[b]) for a, b in (("q", "k"), ("q", "v"), ("k", "v"))]
+        entry["map_distance"] = None if None in distances else float(np.mean(distances))
+        if per_head:
+            entry["heads"] = {}
+            for part in "qkv":
+                head_groups = sorted((g for g in plan.groups if g.kind == "head" and g.layer == layer and g.part == part),
+                                     key=lambda g: g.head)
+                entry["heads"][part] = [group_document(grams, g, mode, ref_idx, full=False)[0]["mds"] for g in head_groups]
+        out_layers.append(entry)
+    result = {"schema": QKV_SCHEMA, **head, "architecture": arch.family.name, "layout": arch.to_json(),
+              "include_bias": include_bias, "per_head": per_head, "n_layers": n_layers, "layers": out_layers}
+    return result, _undefined_warnings(part_docs)

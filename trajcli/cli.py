@@ -96,6 +96,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one strict JSON doc
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write result files into this folder (created if needed).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings on stderr.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 when weights hold NaN/Inf values.")]
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture family (see 'trajcli archs') [default: detected].")]
+HeadsOpt = Annotated[Optional[int], typer.Option("--num-heads", min=1, help="Query heads [default: from config.json / model_args].")]
+KvHeadsOpt = Annotated[Optional[int], typer.Option("--num-kv-heads", min=1, help="Key/value heads (grouped-query attention) [default: from config, else = heads].")]
+HeadDimOpt = Annotated[Optional[int], typer.Option("--head-dim", min=1, help="Head dimension [default: from config, else hidden size / heads].")]
+ModeOpt = Annotated[str, typer.Option("--mode", "-m", help="raw: θ_k; displacement: θ_k − θ_ref; update: θ_{k+1} − θ_k.")]
+ReferenceOpt = Annotated[Optional[str], typer.Option("--reference", help="Reference checkpoint (name or step) for displacement [default: the first].")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Plot file format: png, svg or pdf.")]
 
 
 def _selection(every, max_checkpoints, steps, include, exclude, on_mismatch):
@@ -149,8 +156,8 @@ def inspect(
 @handles_errors
 def similarity(
     paths: PathsArg,
-    mode: Annotated[str, typer.Option("--mode", "-m", help="raw: θ_k; displacement: θ_k − θ_ref; update: θ_{k+1} − θ_k.")] = "raw",
-    reference: Annotated[Optional[str], typer.Option("--reference", help="Reference checkpoint (name or step) for displacement [default: the first].")] = None,
+    mode: ModeOpt = "raw",
+    reference: ReferenceOpt = None,
     every: EveryOpt = 1,
     max_checkpoints: MaxOpt = None,
     steps: StepsOpt = None,
@@ -159,7 +166,7 @@ def similarity(
     on_mismatch: MismatchOpt = "error",
     memory_budget: BudgetOpt = None,
     out: OutOpt = None,
-    plot_format: Annotated[str, typer.Option("--format", help="Plot file format: png, svg or pdf.")] = "png",
+    plot_format: FormatOpt = "png",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     strict: StrictOpt = False,
@@ -173,28 +180,15 @@ def similarity(
       trajcli similarity pythia-160m/ --every 4 --json | jq .mds
     """
     from trajcli.analysis import similarity_result
-    from trajcli.engine.budget import parse_budget
     from trajcli.errors import DataError
-    from trajcli.metrics.trajectory import MODES
-    from trajcli.pipeline import load_inventory, read_trajectory
     from trajcli.report import render
 
-    if mode not in MODES:
-        raise typer.BadParameter(f"{mode!r} is not one of {', '.join(MODES)}", param_hint="'--mode'")
-    if plot_format not in ("png", "svg", "pdf"):
-        raise typer.BadParameter(f"{plot_format!r} is not one of png, svg, pdf", param_hint="'--format'")
-    budget = parse_budget(memory_budget)
+    _check_choice(mode, "--mode", _modes())
+    _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
-    inv = load_inventory(paths, selection)
-    try:
-        out_dir = render.prepare_out(out, inv) if out is not None else None
-        trajectory = read_trajectory(inv, budget, quiet=quiet)
-    finally:
-        inv.close()
-    doc, matrix, warnings = similarity_result(inv, trajectory.grams, mode, reference)
-    if not quiet:
-        for w in inv.warnings + warnings:
-            warn(w)
+    inv, grams, out_dir, _ = _read_pass(paths, selection, memory_budget, out, quiet)
+    doc, matrix, warnings = similarity_result(inv, grams, mode, reference)
+    _warn_all(inv.warnings + warnings, quiet)
     if strict and doc["nonfinite"]:
         raise DataError(f"{len(doc['nonfinite'])} tensor(s) hold NaN/Inf values (--strict); nothing was written",
                         "see the warnings above; drop --strict to analyse the remaining entries")
@@ -205,8 +199,216 @@ def similarity(
         render.print_similarity(doc, written)
 
 
-def main() -> None:
-    app()
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def _modes() -> tuple[str, ...]:
+    from trajcli.metrics.trajectory import MODES
+
+    return MODES
+
+
+def _check_choice(value: str, flag: str, choices) -> None:
+    if value not in choices:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=f"'{flag}'")
+
+
+def _warn_all(messages: list[str], quiet: bool) -> None:
+    if not quiet:
+        for message in messages:
+            warn(message)
+
+
+def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None):
+    """Inventory, output folder check, the plan (which needs the inventory), then the single pass.
+
+    Returns (inventory, Gram set, output folder or None, what `plan_for` returned)."""
+    from trajcli.engine.budget import parse_budget
+    from trajcli.pipeline import load_inventory, read_trajectory
+    from trajcli.report import render
+
+    budget = parse_budget(memory_budget)
+    inv = load_inventory(paths, selection)
+    try:
+        out_dir = render.prepare_out(out, inv) if out is not None else None
+        planned = plan_for(inv) if plan_for is not None else None
+        segments = getattr(planned[0] if isinstance(planned, tuple) else planned, "segments", None)
+        trajectory = read_trajectory(inv, budget, quiet=quiet, segments=segments)
+    finally:
+        inv.close()
+    return inv, trajectory.grams, out_dir, planned
+
+
+
+
+@app.command()
+@handles_errors
+def layers(
+    paths: PathsArg,
+    by: Annotated[str, typer.Option("--by", help="tensor: each parameter tensor; block: embedding, each block, final; role: attention q/k/v/o, mlp, norm … per block.")] = "block",
+    mode: ModeOpt = "raw",
+    reference: ReferenceOpt = None,
+    arch: ArchOpt = None,
+    num_heads: HeadsOpt = None,
+    num_kv_heads: KvHeadsOpt = None,
+    head_dim: HeadDimOpt = None,
+    every: EveryOpt = 1,
+    max_checkpoints: MaxOpt = None,
+    steps: StepsOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    on_mismatch: MismatchOpt = "error",
+    memory_budget: BudgetOpt = None,
+    out: OutOpt = None,
+    plot_format: FormatOpt = "png",
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Trajectory map, MDS and lengths and bends of every group: tensor, block or role.
+
+    All groups come from one pass. With --by role and a known architecture, fused Q/K/V projections
+    are split into their q, k and v parts. Examples:
+
+      trajcli layers runs/out --by block --mode displacement --out results/
+
+      trajcli layers pythia-70m/ --by role --json | jq '.groups[] | [.name, .mds]'
+    """
+    from trajcli.analysis import detect_architecture, layers_result
+    from trajcli.arch.grouping import plan_layers
+    from trajcli.report import render
+
+    _check_choice(by, "--by", ("tensor", "block", "role"))
+    _check_choice(mode, "--mode", _modes())
+    _check_choice(plot_format, "--format", PLOT_FORMATS)
+    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
+
+    def plan_for(inv):
+        architecture = detect_architecture(inv, arch, head_flags) if by == "role" or arch else None
+        family = architecture.family if architecture else None
+        return plan_layers(inv.tensors, by, family, architecture.heads if architecture else None), architecture
+
+    inv, grams, out_dir, (plan, architecture) = _read_pass(paths, selection, memory_budget, out, quiet, plan_for)
+    if architecture is None:
+        architecture = detect_architecture(inv, None, head_flags)
+    doc, matrices, warnings = layers_result(inv, grams, plan, by, mode, reference, architecture)
+    _warn_all(inv.warnings + warnings, quiet)
+    written = render.write_layers(out_dir, doc, matrices, plot_format) if out_dir is not None else []
+    if json_output:
+        render.print_json(doc)
+    else:
+        render.print_layers(doc, written)
+
+
+@app.command()
+@handles_errors
+def qkv(
+    paths: PathsArg,
+    mode: ModeOpt = "displacement",
+    reference: ReferenceOpt = None,
+    per_head: Annotated[bool, typer.Option("--per-head", help="Also each attention head (K/V heads under grouped-query attention).")] = False,
+    bias: Annotated[bool, typer.Option("--bias/--no-bias", help="Include each part's bias with its weight.")] = True,
+    arch: ArchOpt = None,
+    num_heads: HeadsOpt = None,
+    num_kv_heads: KvHeadsOpt = None,
+    head_dim: HeadDimOpt = None,
+    every: EveryOpt = 1,
+    max_checkpoints: MaxOpt = None,
+    steps: StepsOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    on_mismatch: MismatchOpt = "error",
+    memory_budget: BudgetOpt = None,
+    out: OutOpt = None,
+    plot_format: FormatOpt = "png",
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Q/K/V heterogeneity: the query, key and value parts of every attention layer as separate groups.
+
+    Fused projections are split exactly as the model's forward pass does (interleaved per head for
+    GPT-NeoX, BLOOM and Falcon). Reports ω_Q, ω_K, ω_V, heterogeneity and map distance per layer.
+    Examples:
+
+      trajcli qkv pythia-160m/ --out results/
+
+      trajcli qkv runs/nanogpt/ --per-head --mode update --json > qkv.json
+    """
+    from trajcli.analysis import detect_architecture, qkv_result
+    from trajcli.arch.grouping import plan_qkv
+    from trajcli.errors import DataError
+    from trajcli.report import render
+
+    _check_choice(mode, "--mode", _modes())
+    _check_choice(plot_format, "--format", PLOT_FORMATS)
+    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
+
+    def plan_for(inv):
+        architecture = detect_architecture(inv, arch, head_flags)
+        if architecture.family is None:
+            fits = f" (fits {', '.join(architecture.ambiguous)})" if architecture.ambiguous else ""
+            raise DataError(f"cannot tell how Q, K and V are stored: {architecture.source}{fits}",
+                            "pass --arch NAME (trajcli archs lists them), with --num-heads N where config.json is missing")
+        plan, layer_ids = plan_qkv(inv.tensors, architecture.family, architecture.heads, per_head, bias)
+        return plan, (architecture, layer_ids)
+
+    inv, grams, out_dir, (plan, (architecture, layer_ids)) = _read_pass(paths, selection, memory_budget, out, quiet, plan_for)
+    doc, warnings = qkv_result(inv, grams, plan, layer_ids, mode, reference, architecture, bias, per_head)
+    _warn_all(inv.warnings + warnings, quiet)
+    written = render.write_qkv(out_dir, doc, plot_format) if out_dir is not None else []
+    if json_output:
+        render.print_json(doc)
+    else:
+        render.print_qkv(doc, written)
+
+
+@app.command()
+@handles_errors
+def archs(json_output: JsonOpt = False) -> None:
+    """List the architecture families whose Q/K/V layout trajcli knows.
+
+    Example:
+
+      trajcli archs
+    """
+    from trajcli.arch.families import load_families
+    from trajcli.report import render
+
+    families = [{"name": f.name, "title": f.title, "layout": f.layout, "model_types": list(f.model_types),
+                 "architectures": list(f.architectures)} for f in load_families()]
+    if json_output:
+        render.print_json({"schema": "trajcli.archs/1", "families": families})
+        return
+    for f in families:
+        typer.echo(f"{f['name']:<12} {f['layout']:<12} {f['title']}")
+
+
+@app.command()
+@handles_errors
+def plot(
+    results: Annotated[list[Path], typer.Argument(help="Saved result files: similarity.json, layers.json, qkv.json.", show_default=False, metavar="RESULT.json")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the plots.")] = Path("."),
+    label: Annotated[Optional[list[str]], typer.Option("--label", help="A name per result file for legends [default: its folder's name].")] = None,
+    plot_format: FormatOpt = "png",
+) -> None:
+    """Redraw saved results, or overlay several runs, without reading any checkpoint.
+
+    One file: its plots again. Several qkv.json: ω_Q/ω_K/ω_V of every run on normalized depth in one
+    figure; several layers.json: their MDS along depth. Examples:
+
+      trajcli plot results/qkv.json --format svg
+
+      trajcli plot small/qkv.json large/qkv.json --label 70m --label 1b --out compare/
+    """
+    from trajcli.report import render
+
+    _check_choice(plot_format, "--format", PLOT_FORMATS)
+    written = render.replot(results, out, label, plot_format)
+    for p in written:
+        typer.echo(f"wrote {p}")
+
+
 
 
 @app.command()
@@ -226,13 +428,9 @@ def demo(
     """
     from trajcli.analysis import similarity_result
     from trajcli.demo import DEMO_STEPS, make_demo_trajectory
-    from trajcli.engine.budget import parse_budget
     from trajcli.io.inventory import Selection
-    from trajcli.metrics.trajectory import MODES
-    from trajcli.pipeline import load_inventory, read_trajectory
     from trajcli.report import render
 
-    budget = parse_budget(memory_budget)
     checkpoints = folder / "checkpoints"
     complete = all((checkpoints / f"step{s}" / "model.safetensors.index.json").is_file() for s in DEMO_STEPS)
     if complete:
@@ -240,14 +438,14 @@ def demo(
     else:
         typer.echo(f"training a tiny GPT-NeoX-layout model; checkpoints go to {checkpoints}", err=True)
         make_demo_trajectory(checkpoints, log=None if quiet else (lambda m: typer.echo(f"  {m}", err=True)))
-    inv = load_inventory([str(checkpoints)], Selection())
-    try:
-        trajectory = read_trajectory(inv, budget, quiet=quiet)
-    finally:
-        inv.close()
-    for mode in MODES:
-        doc, matrix, _ = similarity_result(inv, trajectory.grams, mode, None)
+    inv, grams, _, _ = _read_pass([str(checkpoints)], Selection(), memory_budget, None, quiet)
+    for mode in _modes():
+        doc, matrix, _ = similarity_result(inv, grams, mode, None)
         out_dir = render.prepare_out(folder / "results" / mode, inv)
         written = render.write_similarity(out_dir, doc, matrix)
         typer.echo(f"\n── {mode} ──")
         render.print_similarity(doc, written)
+
+
+def main() -> None:
+    app()

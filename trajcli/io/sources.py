@@ -56,6 +56,7 @@ class CheckpointReader:
     tensors: dict[str, TensorInfo] = field(default_factory=dict)  # parameters, canonical name -> info
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (stored name, why)
     size_bytes: int = 0
+    metadata: dict = field(default_factory=dict)  # small facts a file carries, e.g. nanoGPT's model_args
     _handles: list = field(default_factory=list)
 
     def read_into(self, name: str, row_start: int, row_stop: int, out: np.ndarray) -> None:
@@ -221,7 +222,10 @@ class TorchReader(CheckpointReader):
         stored, seen_storage, found_in = [], {}, {}
         lightning = False
         for file_idx, path in enumerate(self.checkpoint.files):
-            tensors, fmt, step, step_key = unwrap_state_dict(load_torch_file(path), path)
+            loaded = load_torch_file(path)
+            tensors, fmt, step, step_key = unwrap_state_dict(loaded, path)
+            if isinstance(loaded.get("model_args"), dict):
+                self.metadata["model_args"] = dict(loaded["model_args"])
             if self.checkpoint.format == "torch-file":
                 self.checkpoint.format = fmt
             lightning = lightning or fmt == "lightning"

@@ -42,3 +42,146 @@ def trajectory_map(path: Path, matrix: np.ndarray, tick_labels: list[str], title
     fig.tight_layout()
     fig.savefig(path, format=fmt)
     plt.close(fig)
+
+
+PART_STYLE = {"q": ("#1f77b4", "o", "Q"), "k": ("#d62728", "s", "K"), "v": ("#2ca02c", "^", "V")}
+
+
+def _save(fig, path: Path, fmt: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, format=fmt)
+    _pyplot().close(fig)
+
+
+def map_grid(path: Path, maps: list[tuple[str, np.ndarray]], title: str, fmt: str = "png", max_maps: int = 48) -> None:
+    """Small trajectory maps side by side on one colour scale (evenly sampled beyond `max_maps`)."""
+    plt = _pyplot()
+    if len(maps) > max_maps:
+        picks = sorted({round(i * (len(maps) - 1) / (max_maps - 1)) for i in range(max_maps)})
+        title += f" ({len(picks)} of {len(maps)} groups)"
+        maps = [maps[i] for i in picks]
+    cols = min(8, len(maps))
+    rows = -(-len(maps) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.8, 1.75 * rows + 0.6), dpi=110, squeeze=False)
+    cmap = plt.get_cmap("RdBu_r").copy()
+    cmap.set_bad("#bbbbbb")
+    image = None
+    for ax, (name, matrix) in zip(axes.flat, maps):
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(name if len(name) <= 26 else "…" + name[-25:], fontsize=6.5)
+        ax.set_xticks([]), ax.set_yticks([])
+    for ax in list(axes.flat)[len(maps):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02, label="cosine")
+    fig.savefig(path, format=fmt)
+    plt.close(fig)
+
+
+def layers_mds(path: Path, groups: list[dict], title: str, fmt: str = "png") -> None:
+    """MDS of every group along depth: one line per role (or one for blocks); groups outside the
+    blocks (embedding, final norm, head) as labelled points before and after them."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.0), dpi=110)
+    in_blocks = [g for g in groups if g["layer"] is not None]
+    n_blocks = max((g["layer"] for g in in_blocks), default=-1) + 1
+    lines: dict[str, list] = {}
+    for g in in_blocks:
+        lines.setdefault(g.get("role") or g["kind"], []).append((g["layer"], g["mds"]))
+    for label, pts in lines.items():
+        pts = sorted((x, y) for x, y in pts if y is not None)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3.5, lw=1.4, label=label)
+    outside = [g for g in groups if g["layer"] is None and g["mds"] is not None]
+    for g in outside:
+        x = -1 if g["name"].startswith("embed") or g.get("role") == "embedding" else n_blocks
+        ax.plot([x], [g["mds"]], marker="D", color="0.3", ms=5)
+        ax.annotate(g["name"], (x, g["mds"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("block")
+    ax.set_ylabel("MDS ω")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if lines:
+        ax.legend(fontsize=7, ncol=2)
+    _save(fig, path, fmt)
+
+
+def qkv_curves(path: Path, runs: list[tuple[str, dict]], fmt: str = "png") -> None:
+    """ω_Q, ω_K, ω_V against normalized depth, the middle third shaded; several runs overlay."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=110)
+    ax.axvspan(1 / 3, 2 / 3, color="0.92", zorder=0, label="middle third")
+    dashes = ["-", "--", ":", "-."]
+    for r, (label, doc) in enumerate(runs):
+        for part, (color, marker, name) in PART_STYLE.items():
+            pts = [(layer["depth"], layer[part]["mds"]) for layer in doc["layers"] if layer[part]["mds"] is not None]
+            if pts:
+                tag = f"ω_{name}" + (f" {label}" if len(runs) > 1 else "")
+                ax.plot(*zip(*pts), color=color, marker=marker, ms=4, ls=dashes[r % len(dashes)], label=tag)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("normalized depth (layer + ½) / L")
+    ax.set_ylabel("MDS ω")
+    single = runs[0][1]
+    ax.set_title(f"Q/K/V trajectory maps along depth ({single['mode']} mode)" if len(runs) == 1
+                 else f"Q/K/V along depth: {', '.join(label for label, _ in runs)}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(runs) > 1 else 1)
+    _save(fig, path, fmt)
+
+
+def qkv_heterogeneity(path: Path, doc: dict, fmt: str = "png") -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=110)
+    layers = [entry["layer"] for entry in doc["layers"]]
+    het = [np.nan if e["heterogeneity"] is None else e["heterogeneity"] for e in doc["layers"]]
+    dist = [np.nan if e["map_distance"] is None else e["map_distance"] for e in doc["layers"]]
+    width = 0.4
+    ax.bar(np.array(layers) - width / 2, het, width, label="heterogeneity max ω − min ω", color="#9467bd")
+    ax.bar(np.array(layers) + width / 2, dist, width, label="map distance (mean RMS)", color="#8c564b")
+    ax.set_xlabel("layer")
+    ax.set_title("Q/K/V heterogeneity per layer", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    _save(fig, path, fmt)
+
+
+def qkv_heads(path: Path, doc: dict, fmt: str = "png") -> None:
+    """Per-head MDS as layers × heads heatmaps, one panel per part."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 0.35 * doc["n_layers"] + 2.2), dpi=110, squeeze=False)
+    image = None
+    for ax, part in zip(axes.flat, "qkv"):
+        table = [[np.nan if v is None else v for v in layer["heads"][part]] for layer in doc["layers"]]
+        width = max(len(r) for r in table)
+        grid = np.array([r + [np.nan] * (width - len(r)) for r in table])
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0,
+                          vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_title(f"ω_{part.upper()} per head", fontsize=9)
+        ax.set_xlabel("head" if part == "q" else "K/V head")
+        ax.set_ylabel("layer")
+        ax.set_yticks(range(len(table)), [str(layer["layer"]) for layer in doc["layers"]], fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02, label="MDS ω")
+    fig.savefig(path, format=fmt)
+    plt.close(fig)
+
+
+def layers_overlay(path: Path, runs: list[tuple[str, dict]], fmt: str = "png") -> None:
+    """MDS of the block groups of several runs against normalized depth."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.0), dpi=110)
+    for label, doc in runs:
+        blocks = sorted({g["layer"] for g in doc["groups"] if g["layer"] is not None})
+        for role in sorted({g.get("role") or "" for g in doc["groups"] if g["layer"] is not None}):
+            pts = [((blocks.index(g["layer"]) + 0.5) / len(blocks), g["mds"]) for g in doc["groups"]
+                   if g["layer"] is not None and (g.get("role") or "") == role and g["mds"] is not None]
+            if pts:
+                ax.plot(*zip(*sorted(pts)), marker="o", ms=3, label=f"{label} {role}".strip())
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("normalized depth (block + ½) / L")
+    ax.set_ylabel("MDS ω")
+    ax.set_title("MDS along depth", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path, fmt)

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from trajcli import __version__
-from trajcli.analysis import checkpoints_json
+from trajcli.analysis import LAYERS_SCHEMA, QKV_SCHEMA, SIMILARITY_SCHEMA, checkpoints_json
+from trajcli.errors import DataError, UsageError
 from trajcli.io.inventory import Inventory
 from trajcli.report import plots
-from trajcli.report.writers import OutputSet, dumps_json, matrix_csv, prepare_out_dir
+from trajcli.report.writers import OutputSet, dumps_json, matrix_csv, prepare_out_dir, rows_csv
 
 INSPECT_SCHEMA = "trajcli.inspect/1"
 
@@ -154,3 +155,143 @@ def print_similarity(doc: dict, written: list[Path]) -> None:
     console.print(table)
     for p in written:
         console.print(f"wrote {p}")
+
+
+LAYER_COLUMNS = ["name", "kind", "layer", "role", "n_params", "mds", "mds_early", "mds_late", "final_distance",
+                 "final_angle_to_reference_deg", "path_length", "straightness", "cone_apex_angle_deg"]
+
+
+def _mode_text(doc: dict) -> str:
+    return doc["mode"] + (f", reference {doc['reference']}" if doc["reference"] else "")
+
+
+def write_layers(out: Path, doc: dict, matrices: dict[str, np.ndarray], plot_format: str = "png") -> list[Path]:
+    rows = [[g.get(c) for c in LAYER_COLUMNS] for g in doc["groups"]]
+    names = ["layers.json", "layers.csv", f"layers_mds.{plot_format}", f"layers_maps.{plot_format}"]
+    with OutputSet(out) as files:
+        files.text(names[0], dumps_json(doc))
+        files.text(names[1], rows_csv(LAYER_COLUMNS, rows))
+        plots.layers_mds(files.path_for(names[2]), doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})", plot_format)
+        plots.map_grid(files.path_for(names[3]), list(matrices.items()),
+                       f"trajectory maps per {doc['by']} ({_mode_text(doc)})", plot_format)
+    return [out / n for n in names]
+
+
+def print_layers(doc: dict, written: list[Path]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    arch = doc["architecture"]
+    table = Table(title=f"{len(doc['groups'])} groups by {doc['by']}, {doc['n_checkpoints']} checkpoints, "
+                        f"{_mode_text(doc)}" + (f" — {arch['name']}" if arch["name"] else ""), title_justify="left")
+    for col, justify in (("group", "left"), ("layer", "right"), ("params", "right"), ("MDS ω", "right"),
+                         ("straightness", "right"), ("path length", "right")):
+        table.add_column(col, justify=justify)
+    for g in doc["groups"]:
+        table.add_row(g["name"], "" if g["layer"] is None else str(g["layer"]), human_count(g["n_params"]),
+                      _fmt(g["mds"]), _fmt(g["straightness"]), _fmt(g["path_length"], ".4g"))
+    console.print(table)
+    for p in written:
+        console.print(f"wrote {p}")
+
+
+QKV_COLUMNS = ["layer", "depth", "mds_q", "mds_k", "mds_v", "heterogeneity", "map_distance",
+               "n_params_q", "n_params_k", "n_params_v"]
+
+
+def write_qkv(out: Path, doc: dict, plot_format: str = "png") -> list[Path]:
+    rows = [[e["layer"], e["depth"], e["q"]["mds"], e["k"]["mds"], e["v"]["mds"], e["heterogeneity"],
+             e["map_distance"], e["q"]["n_params"], e["k"]["n_params"], e["v"]["n_params"]] for e in doc["layers"]]
+    names = ["qkv.json", "qkv.csv", f"qkv_mds.{plot_format}", f"qkv_heterogeneity.{plot_format}"]
+    with OutputSet(out) as files:
+        files.text("qkv.json", dumps_json(doc))
+        files.text("qkv.csv", rows_csv(QKV_COLUMNS, rows))
+        plots.qkv_curves(files.path_for(names[2]), [("", doc)], plot_format)
+        plots.qkv_heterogeneity(files.path_for(names[3]), doc, plot_format)
+        if doc["per_head"]:
+            head_rows = [[e["layer"], part, h, v] for e in doc["layers"] for part in "qkv"
+                         for h, v in enumerate(e["heads"][part])]
+            files.text("qkv_heads.csv", rows_csv(["layer", "part", "head", "mds"], head_rows))
+            plots.qkv_heads(files.path_for(f"qkv_heads.{plot_format}"), doc, plot_format)
+            names += ["qkv_heads.csv", f"qkv_heads.{plot_format}"]
+    return [out / n for n in names]
+
+
+def print_qkv(doc: dict, written: list[Path]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    layout = doc["layout"]
+    table = Table(title=f"Q/K/V of {doc['n_layers']} attention layers — {layout['name']} ({layout['layout']}, "
+                        f"from {layout['source']}), {doc['n_checkpoints']} checkpoints, {_mode_text(doc)}",
+                  title_justify="left")
+    for col in ("layer", "depth", "ω_Q", "ω_K", "ω_V", "heterogeneity", "map distance"):
+        table.add_column(col, justify="right")
+    for e in doc["layers"]:
+        table.add_row(str(e["layer"]), f"{e['depth']:.2f}", _fmt(e["q"]["mds"]), _fmt(e["k"]["mds"]),
+                      _fmt(e["v"]["mds"]), _fmt(e["heterogeneity"]), _fmt(e["map_distance"]))
+    console.print(table)
+    if layout["num_heads"]:
+        console.print(f"heads: {layout['heads_source']}")
+    for p in written:
+        console.print(f"wrote {p}")
+
+
+def _load_result(path: Path) -> dict:
+    import json
+
+    try:
+        doc = json.loads(path.read_text())
+        schema = doc["schema"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read result file {path}: {exc.__class__.__name__}: {exc}",
+                        "pass similarity.json, layers.json or qkv.json files written by trajcli") from None
+    if schema not in (SIMILARITY_SCHEMA, LAYERS_SCHEMA, QKV_SCHEMA):
+        raise DataError(f"{path} has schema {schema!r}, which trajcli plot does not draw",
+                        f"one of {SIMILARITY_SCHEMA}, {LAYERS_SCHEMA}, {QKV_SCHEMA}")
+    return doc
+
+
+def _as_matrix(rows: list[list]) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float).reshape(len(rows), -1)
+
+
+def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format: str = "png") -> list[Path]:
+    """Plots from saved result files: each one redrawn, and several runs of a kind overlaid."""
+    if labels and len(labels) != len(results):
+        raise UsageError(f"{len(labels)} --label for {len(results)} result files", "give one --label per file, or none")
+    docs = [_load_result(p) for p in results]
+    names = labels or [p.resolve().parent.name or p.stem for p in results]
+    names = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+    out = prepare_out_dir(out, [])
+    written: list[str] = []
+    by_schema: dict[str, list[tuple[str, dict]]] = {}
+    for name, doc in zip(names, docs):
+        by_schema.setdefault(doc["schema"], []).append((name, doc))
+    with OutputSet(out) as files:
+        def target(base: str, name: str, many: bool) -> Path:
+            fname = f"{base}-{name}.{plot_format}" if many else f"{base}.{plot_format}"
+            written.append(fname)
+            return files.path_for(fname)
+
+        for schema, runs in by_schema.items():
+            many = len(runs) > 1
+            for name, doc in runs:
+                if schema == SIMILARITY_SCHEMA:
+                    mds = "undefined" if doc["mds"] is None else f"{doc['mds']:.4f}"
+                    plots.trajectory_map(target("similarity", name, many), _as_matrix(doc["matrix"]), tick_labels(doc),
+                                         f"trajectory map ({_mode_text(doc)}) — MDS ω = {mds}", plot_format)
+                elif schema == LAYERS_SCHEMA:
+                    plots.layers_mds(target("layers_mds", name, many), doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})", plot_format)
+                    plots.map_grid(target("layers_maps", name, many), [(g["name"], _as_matrix(g["matrix"])) for g in doc["groups"]],
+                                   f"trajectory maps per {doc['by']} ({_mode_text(doc)})", plot_format)
+                else:
+                    plots.qkv_curves(target("qkv_mds", name, many), [(name, doc)], plot_format)
+                    plots.qkv_heterogeneity(target("qkv_heterogeneity", name, many), doc, plot_format)
+                    if doc.get("per_head"):
+                        plots.qkv_heads(target("qkv_heads", name, many), doc, plot_format)
+            if many and schema == QKV_SCHEMA:
+                plots.qkv_curves(target("qkv_overlay", "", False), runs, plot_format)
+            if many and schema == LAYERS_SCHEMA:
+                plots.layers_overlay(target("layers_overlay", "", False), runs, plot_format)
+    return [out / n for n in written]

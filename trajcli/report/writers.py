@@ -44,6 +44,17 @@ def matrix_csv(labels: list[str], matrix: np.ndarray) -> str:
     return buf.getvalue()
 
 
+def rows_csv(header: list[str], rows: list[list]) -> str:
+    """A plain table; None and non-finite numbers are blank."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None or (isinstance(v, float) and not math.isfinite(v))
+                         else (repr(v) if isinstance(v, float) else v) for v in row])
+    return buf.getvalue()
+
+
 def prepare_out_dir(out: Path, input_paths: list[Path]) -> Path:
     """Create `out` (refusing a folder inside an input checkpoint) and check it can be written."""
     out = out.expanduser()

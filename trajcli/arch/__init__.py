@@ -1,0 +1,1 @@
+"""Per-architecture knowledge, kept as data: Q/K/V layouts (families/*.json) and tensor roles (roles.json)."""

@@ -1,0 +1,241 @@
+"""Groups of tensors (and of parts of tensors) that the analyses compare.
+
+The engine accumulates one basis Gram per *leaf*: a whole tensor, or the rows (columns for GPT-2's
+Conv1D) of a tensor that belong to one Q/K/V part — or one head of it. A group is a set of leaves;
+its Gram is the sum of theirs. A `Plan` says how tensors are cut into leaves and which groups to form.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from trajcli.arch.families import Family, load_role_rules
+from trajcli.arch.layouts import HeadCounts, axis_ranges, check_heads
+from trajcli.errors import DataError
+from trajcli.io.inventory import TensorSpec
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+PARTS = ("q", "k", "v")
+ROLE_ORDER = ("embedding", "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_o", "mlp", "norm", "head", "other")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """How one tensor is cut into leaves: ranges along `axis`, each named by its leaf."""
+
+    axis: int
+    ranges: tuple[tuple[int, int, str], ...]  # (start, stop, leaf)
+
+
+@dataclass
+class Group:
+    name: str
+    kind: str  # tensor | block | role | part | head
+    layer: int | None
+    leaves: list[str]
+    n_params: int = 0
+    role: str | None = None
+    part: str | None = None
+    head: int | None = None
+
+
+@dataclass
+class Plan:
+    segments: dict[str, Segment] = field(default_factory=dict)
+    groups: list[Group] = field(default_factory=list)
+
+
+def layer_index(name: str) -> int | None:
+    found = _LAYER.search(name)
+    return int(found.group(1)) if found else None
+
+
+def role_of(name: str) -> str:
+    for role, pattern in load_role_rules():
+        if pattern.search(name):
+            return role
+    return "other"
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def resolve_heads(family: Family, config: dict | None, model_args: dict | None, flags: dict,
+                  d_in: int | None) -> HeadCounts | None:
+    """Head counts from flags, then config.json (the family's keys), then nanoGPT's model_args."""
+
+    def lookup(kind: str):
+        if flags.get(kind) is not None:
+            return flags[kind], f"--{kind.replace('_', '-')}"
+        for key in family.head_keys.get(kind, ()):
+            value = config or {}
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value, f"{key} in config.json"
+        if kind == "num_heads" and model_args and isinstance(model_args.get("n_head"), int):
+            return model_args["n_head"], "n_head in model_args"
+        return None, None
+
+    h, h_src = lookup("num_heads")
+    if h is None:
+        return None
+    kv, kv_src = lookup("num_kv_heads")
+    if kv is None and family.fixed_kv_heads is not None:
+        kv, kv_src = family.fixed_kv_heads, f"{family.name} layout"
+    if kv is None:
+        kv, kv_src = h, "= num_heads"
+    hd, hd_src = lookup("head_dim")
+    if hd is None:
+        if d_in is None or d_in % h:
+            raise DataError(f"{family.name}: cannot derive head_dim: hidden size {d_in} is not a multiple of {h} heads",
+                            "pass --head-dim N")
+        hd, hd_src = d_in // h, f"hidden size {d_in} / num_heads"
+    return HeadCounts(h, kv, hd, f"num_heads {h} from {h_src}, num_kv_heads {kv} {kv_src}, head_dim {hd} from {hd_src}")
+
+
+def qkv_tensors(tensors: list[TensorSpec], family: Family) -> dict[str, tuple[str, int, str]]:
+    """tensor name -> (part, layer, param) for the family's Q/K/V tensors among `tensors`."""
+    found = {}
+    for t in tensors:
+        m = family.match(t.name)
+        if m is not None:
+            found[t.name] = m
+    return found
+
+
+def hidden_size_from(tensors: list[TensorSpec], family: Family, matched: dict) -> int | None:
+    """The input width of the first Q/K/V weight (its `in` features)."""
+    for t in tensors:
+        if t.name in matched and matched[t.name][2] == "weight" and len(t.shape) == 2:
+            return t.shape[1 - family.weight_axis]
+    return None
+
+
+def _leaf(tensor: str, part: str, head: int | None) -> str:
+    return f"{tensor}[{part}]" if head is None else f"{tensor}[{part}.h{head}]"
+
+
+def qkv_segments(tensors: list[TensorSpec], family: Family, heads: HeadCounts | None, per_head: bool,
+                 needs_heads_flag: str = "--num-heads") -> tuple[dict[str, Segment], dict]:
+    """Cut the family's Q/K/V tensors into per-part (or per-head) leaves.
+
+    Returns the segments and an index {(layer, part, head|None): [(leaf, param, n_params)]}.
+    """
+    matched = qkv_tensors(tensors, family)
+    segments: dict[str, Segment] = {}
+    index: dict[tuple, list] = defaultdict(list)
+    leaf_info: dict[str, list] = {}  # leaf -> [(layer, part, head), param, n_params]
+    if (family.fused or per_head) and matched and heads is None:
+        raise DataError(
+            f"the {family.name} attention layout ({family.layout}) cannot be split without the number of heads: "
+            "none in config.json or the checkpoint",
+            f"pass {needs_heads_flag} N (and --num-kv-heads N for grouped-query attention)",
+        )
+    if heads is not None and matched:
+        check_heads(family.layout, heads, family.name)
+    for t in tensors:
+        if t.name not in matched:
+            continue
+        part, layer, param = matched[t.name]
+        if not family.fused and not per_head:
+            index[(layer, part, None)].append((t.name, param, t.numel))
+            continue
+        axis = family.weight_axis if (param == "weight" and len(t.shape) == 2) else 0
+        ranges = axis_ranges(family.name, family.layout, part, heads, t.name, t.shape, axis)
+        per_elem = t.numel // t.shape[axis]
+        cuts: list[tuple[int, int, str]] = []
+        for start, stop, p, head in sorted(ranges):
+            leaf = _leaf(t.name, p, head if per_head else None)
+            if cuts and cuts[-1][2] == leaf and cuts[-1][1] == start:
+                cuts[-1] = (cuts[-1][0], stop, leaf)  # merge adjacent rows of the same leaf
+            else:
+                cuts.append((start, stop, leaf))
+            info = leaf_info.setdefault(leaf, [(layer, p, head if per_head else None), param, 0])
+            info[2] += (stop - start) * per_elem
+        segments[t.name] = Segment(axis, tuple(cuts))
+    for leaf, (key, param, n) in leaf_info.items():
+        index[key].append((leaf, param, n))
+    return segments, index
+
+
+def plan_layers(tensors: list[TensorSpec], by: str, family: Family | None, heads: HeadCounts | None) -> Plan:
+    """Groups for `trajcli layers --by tensor|block|role`."""
+    plan = Plan()
+    if by == "tensor":
+        plan.groups = [Group(t.name, "tensor", layer_index(t.name), [t.name], t.numel, role=role_of(t.name)) for t in tensors]
+        return plan
+    split_qkv = {}
+    if by == "role" and family is not None and family.fused:
+        segments, index = qkv_segments(tensors, family, heads, per_head=False)
+        plan.segments = segments
+        for (layer, part, _), entries in index.items():
+            for leaf, _, n in entries:
+                split_qkv[leaf] = (f"attn_{part}", n)
+    groups: dict[str, Group] = {}
+    order: list[str] = []
+    first_block_seen = False
+    for t in tensors:
+        layer = layer_index(t.name)
+        first_block_seen = first_block_seen or layer is not None
+        leaves = [(t.name, role_of(t.name), t.numel)]
+        if t.name in plan.segments:
+            leaves = [(leaf, split_qkv[leaf][0], split_qkv[leaf][1]) for _, _, leaf in plan.segments[t.name].ranges]
+            leaves = list(dict.fromkeys(leaves))
+        for leaf, role, n in leaves:
+            if by == "block":
+                if layer is not None:
+                    name = f"block.{layer}"
+                else:
+                    name = "embedding" if (role == "embedding" or not first_block_seen) else "final"
+            else:
+                name = f"block.{layer}.{role}" if layer is not None else role
+            if name not in groups:
+                groups[name] = Group(name, by, layer, [], 0, role=role if by == "role" else None)
+                order.append(name)
+            if leaf not in groups[name].leaves:
+                groups[name].leaves.append(leaf)
+                groups[name].n_params += n
+    # the embedding first, then blocks in numeric order (roles in a fixed order), then the rest
+    def key(name: str):
+        g = groups[name]
+        role_rank = ROLE_ORDER.index(g.role) if g.role in ROLE_ORDER else len(ROLE_ORDER)
+        if g.layer is not None:
+            return (1, g.layer, role_rank, order.index(name))
+        first = g.role == "embedding" or name == "embedding"
+        return (0 if first else 2, 0, role_rank, order.index(name))
+
+    plan.groups = [groups[n] for n in sorted(order, key=key)]
+    return plan
+
+
+def plan_qkv(tensors: list[TensorSpec], family: Family, heads: HeadCounts | None, per_head: bool,
+             include_bias: bool) -> tuple[Plan, list[int]]:
+    """Per layer: Q, K and V groups (and per-head groups with `per_head`)."""
+    segments, index = qkv_segments(tensors, family, heads, per_head)
+    plan = Plan(segments=segments)
+    layers = sorted({layer for (layer, _, _) in index})
+    if not layers:
+        raise DataError(f"no {family.name} attention tensors among the analysed tensors",
+                        "check --include/--exclude, or --arch")
+    for layer in layers:
+        for part in PARTS:
+            keys = sorted(k for k in index if k[0] == layer and k[1] == part)
+            part_leaves = [(leaf, n) for k in keys for leaf, param, n in index[k] if include_bias or param != "bias"]
+            if not part_leaves:
+                raise DataError(f"layer {layer} of {family.name} has no {part.upper()} weight",
+                                "the checkpoint does not follow this layout; check --arch")
+            plan.groups.append(Group(f"layer.{layer}.{part}", "part", layer, [l for l, _ in part_leaves],
+                                     sum(n for _, n in part_leaves), part=part))
+            if per_head:
+                for k in keys:
+                    leaves = [(leaf, n) for leaf, param, n in index[k] if include_bias or param != "bias"]
+                    plan.groups.append(Group(f"layer.{layer}.{part}.h{k[2]}", "head", layer, [l for l, _ in leaves],
+                                             sum(n for _, n in leaves), part=part, head=k[2]))
+    return plan, layers
