@@ -59,11 +59,8 @@ def role_of(name: str) -> str:
     return "other"
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+def _is_embedding(name: str, role: str) -> bool:
+    return role == "embedding" or (role != "head" and "embed" in name.lower())
 
 
 def resolve_heads(family: Family, config: dict | None, model_args: dict | None, flags: dict,
@@ -180,10 +177,8 @@ def plan_layers(tensors: list[TensorSpec], by: str, family: Family | None, heads
                 split_qkv[leaf] = (f"attn_{part}", n)
     groups: dict[str, Group] = {}
     order: list[str] = []
-    first_block_seen = False
     for t in tensors:
         layer = layer_index(t.name)
-        first_block_seen = first_block_seen or layer is not None
         leaves = [(t.name, role_of(t.name), t.numel)]
         if t.name in plan.segments:
             leaves = [(leaf, split_qkv[leaf][0], split_qkv[leaf][1]) for _, _, leaf in plan.segments[t.name].ranges]
@@ -192,8 +187,8 @@ def plan_layers(tensors: list[TensorSpec], by: str, family: Family | None, heads
             if by == "block":
                 if layer is not None:
                     name = f"block.{layer}"
-                else:
-                    name = "embedding" if (role == "embedding" or not first_block_seen) else "final"
+                else:  # outside the blocks: embeddings (and their norm) before, the rest after
+                    name = "embedding" if _is_embedding(t.name, role) else "final"
             else:
                 name = f"block.{layer}.{role}" if layer is not None else role
             if name not in groups:
@@ -208,7 +203,7 @@ def plan_layers(tensors: list[TensorSpec], by: str, family: Family | None, heads
         role_rank = ROLE_ORDER.index(g.role) if g.role in ROLE_ORDER else len(ROLE_ORDER)
         if g.layer is not None:
             return (1, g.layer, role_rank, order.index(name))
-        first = g.role == "embedding" or name == "embedding"
+        first = name == "embedding" or g.role == "embedding"
         return (0 if first else 2, 0, role_rank, order.index(name))
 
     plan.groups = [groups[n] for n in sorted(order, key=key)]

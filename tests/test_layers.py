@@ -1,0 +1,129 @@
+"""`trajcli layers` (tensor, block, role), the single read behind it, and `trajcli plot`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import as_array, explicit_matrix, random_trajectory, run, run_json, save_safetensors_dir
+from test_qkv import write_trajectory
+from trajcli.io import sources
+
+
+@pytest.fixture
+def neox_run(tmp_path):
+    """A GPT-NeoX trajectory written by save_pretrained, and the tensors as stored on disk (transformers
+    renames some on save, e.g. lm_head -> embed_out)."""
+    from safetensors.torch import load_file
+
+    write_trajectory("gpt_neox", tmp_path / "run", n=5, seed=3)
+    saved = [load_file(str(tmp_path / "run" / f"step{k}" / "model.safetensors")) for k in range(5)]
+    return tmp_path / "run", saved
+
+
+def test_by_tensor_matches_explicit_per_tensor(neox_run):
+    folder, saved = neox_run
+    doc = run_json(["layers", folder, "--by", "tensor", "--mode", "update"])
+    names = [g["name"] for g in doc["groups"]]
+    assert set(names) == set(saved[0])  # masks/buffers are not stored by save_pretrained
+    for g in doc["groups"]:
+        np.testing.assert_allclose(as_array(g["matrix"]), explicit_matrix(saved, "update", names=[g["name"]]), atol=1e-9)
+        assert g["kind"] == "tensor" and g["n_params"] == saved[0][g["name"]].numel()
+    layer_of = {g["name"]: g["layer"] for g in doc["groups"]}
+    assert layer_of["gpt_neox.layers.1.mlp.dense_h_to_4h.weight"] == 1 and layer_of["gpt_neox.embed_in.weight"] is None
+
+
+def test_by_block_groups_embedding_blocks_final(neox_run):
+    folder, saved = neox_run
+    doc = run_json(["layers", folder, "--by", "block", "--mode", "displacement"])
+    assert [g["name"] for g in doc["groups"]] == ["embedding", "block.0", "block.1", "final"]
+    block1 = [n for n in saved[0] if ".layers.1." in n]
+    g = doc["groups"][2]
+    np.testing.assert_allclose(as_array(g["matrix"]), explicit_matrix(saved, "displacement", names=block1), atol=1e-9)
+    assert g["n_params"] == sum(saved[0][n].numel() for n in block1)
+    assert sum(g["n_params"] for g in doc["groups"]) == sum(t.numel() for t in saved[0].values())
+    x = np.stack([np.concatenate([s[n].double().reshape(-1).numpy() for n in block1]) for s in saved])
+    steps = np.linalg.norm(np.diff(x, axis=0), axis=1)
+    assert g["path_length"] == pytest.approx(steps.sum(), rel=1e-12)
+    assert g["straightness"] == pytest.approx(np.linalg.norm(x[-1] - x[0]) / steps.sum(), rel=1e-12)
+
+
+def test_by_role_splits_fused_qkv(neox_run):
+    folder, saved = neox_run
+    doc = run_json(["layers", folder, "--by", "role"])
+    names = [g["name"] for g in doc["groups"]]
+    assert names[0] == "embedding"
+    assert names[1:6] == ["block.0.attn_q", "block.0.attn_k", "block.0.attn_v", "block.0.attn_o", "block.0.mlp"]
+    assert "block.1.norm" in names and names[-2:] == ["norm", "head"]
+    assert sum(g["n_params"] for g in doc["groups"]) == sum(t.numel() for t in saved[0].values())
+    assert doc["architecture"]["name"] == "gpt_neox"
+    # the role split agrees with qkv's own split
+    qkv = run_json(["qkv", folder, "--mode", "raw"])
+    by_name = {g["name"]: g for g in doc["groups"]}
+    for part in "qkv":
+        np.testing.assert_allclose(as_array(by_name[f"block.0.attn_{part}"]["matrix"]),
+                                   as_array(qkv["layers"][0][part]["matrix"]), atol=1e-12)
+
+
+def test_role_without_a_known_architecture_keeps_roles_by_name(tmp_path):
+    sds = random_trajectory(3, seed=4)
+    for k, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / f"step{k}", sd)
+    doc = run_json(["layers", tmp_path, "--by", "role"])
+    assert doc["architecture"]["name"] is None
+    assert {g["name"] for g in doc["groups"]} >= {"embedding", "block.0.norm", "head"}
+
+
+def test_layers_files(neox_run, tmp_path):
+    folder, _ = neox_run
+    out = tmp_path / "out"
+    result = run(["layers", folder, "--by", "block", "--out", out])
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["layers.csv", "layers.json", "layers_maps.png", "layers_mds.png"]
+    rows = (out / "layers.csv").read_text().splitlines()
+    assert rows[0].startswith("name,kind,layer,role,n_params,mds,")
+    assert len(rows) == 5 and rows[2].startswith("block.0,block,0,")
+    doc = json.loads((out / "layers.json").read_text())
+    assert doc["schema"] == "trajcli.layers/1" and doc["n_blocks"] == 2
+
+
+@pytest.mark.parametrize("command", [["layers", "--by", "tensor"], ["layers", "--by", "role"],
+                                     ["qkv", "--per-head"], ["similarity"]])
+def test_every_byte_is_read_once(neox_run, monkeypatch, command):
+    folder, saved = neox_run
+    read_elems = []
+    original = sources.CheckpointReader.read_into
+
+    def counting(self, name, row_start, row_stop, out):
+        read_elems.append(out.size)
+        return original(self, name, row_start, row_stop, out)
+
+    monkeypatch.setattr(sources.CheckpointReader, "read_into", counting)
+    result = run([command[0], folder, *command[1:], "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert sum(read_elems) == len(saved) * sum(t.numel() for t in saved[0].values())
+
+
+def test_plot_redraws_and_overlays_without_checkpoints(tmp_path):
+    for name, size in (("small", "gpt_neox"), ("large", "falcon")):
+        write_trajectory(size, tmp_path / name / "run")
+        assert run(["qkv", tmp_path / name / "run", "--per-head", "--out", tmp_path / name]).exit_code == 0
+        assert run(["layers", tmp_path / name / "run", "--out", tmp_path / name]).exit_code == 0
+        shutil.rmtree(tmp_path / name / "run")  # plot must not need the checkpoints
+    out = tmp_path / "plots"
+    result = run(["plot", tmp_path / "small" / "qkv.json", tmp_path / "large" / "qkv.json", "--out", out])
+    assert result.exit_code == 0, result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert "qkv_overlay.png" in names and "qkv_mds-small.png" in names and "qkv_heads-large.png" in names
+    result = run(["plot", tmp_path / "small" / "layers.json", tmp_path / "large" / "layers.json",
+                  "--label", "70m", "--label", "1b", "--out", out, "--format", "svg"])
+    assert result.exit_code == 0, result.stderr
+    assert (out / "layers_overlay.svg").read_text().lstrip().startswith("<?xml")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "other/1"}')
+    result = run(["plot", bad, "--out", out])
+    assert result.exit_code == 1 and "does not draw" in result.stderr
