@@ -273,8 +273,9 @@ def layers(
 
       trajcli layers pythia-70m/ --by role --json | jq '.groups[] | [.name, .mds]'
     """
-    from trajcli.analysis import detect_architecture, layers_result
+    from trajcli.analysis import Architecture, detect_architecture, layers_result
     from trajcli.arch.grouping import plan_layers
+    from trajcli.errors import DataError
     from trajcli.report import render
 
     _check_choice(by, "--by", ("tensor", "block", "role"))
@@ -284,13 +285,15 @@ def layers(
     head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
 
     def plan_for(inv):
-        architecture = detect_architecture(inv, arch, head_flags) if by == "role" or arch else None
-        family = architecture.family if architecture else None
-        return plan_layers(inv.tensors, by, family, architecture.heads if architecture else None), architecture
+        try:
+            architecture = detect_architecture(inv, arch, head_flags)
+        except DataError:
+            if by == "role" or arch:  # the role split needs the layout; blocks and tensors do not
+                raise
+            architecture = Architecture(None, "not detected", None, None)
+        return plan_layers(inv.tensors, by, architecture.family, architecture.heads), architecture
 
     inv, grams, out_dir, (plan, architecture) = _read_pass(paths, selection, memory_budget, out, quiet, plan_for)
-    if architecture is None:
-        architecture = detect_architecture(inv, None, head_flags)
     doc, matrices, warnings = layers_result(inv, grams, plan, by, mode, reference, architecture)
     _warn_all(inv.warnings + warnings, quiet)
     written = render.write_layers(out_dir, doc, matrices, plot_format) if out_dir is not None else []
