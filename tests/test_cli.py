@@ -29,7 +29,7 @@ def test_similarity_summary_on_stdout_and_files_with_out(run_dir, tmp_path):
     assert "MDS ω" in result.stdout and "reference step0" in result.stdout
     assert result.stderr == ""
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["similarity.csv", "similarity.json", "similarity.npy", "similarity.png"]
+    assert names == ["grams.npz", "similarity.csv", "similarity.json", "similarity.npy", "similarity.png"]
     doc = json.loads((out / "similarity.json").read_text())
     expected = explicit_matrix(sds, "displacement")
     np.testing.assert_allclose(as_array(doc["matrix"]), expected, atol=1e-9)

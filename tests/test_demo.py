@@ -50,12 +50,12 @@ def test_demo_trajectory_is_sharded_and_read_exactly(tmp_path):
 def test_demo_command_end_to_end(tmp_path):
     result = run(["demo", tmp_path / "demo", "--quiet"])
     assert result.exit_code == 0, result.stderr
-    for mode in ("raw", "displacement", "update"):
-        folder = tmp_path / "demo" / "results" / mode
-        assert sorted(p.name for p in folder.iterdir()) == [
-            "similarity.csv", "similarity.json", "similarity.npy", "similarity.png"]
-        doc = json.loads((folder / "similarity.json").read_text())
-        assert doc["n_checkpoints"] == 16 and doc["mode"] == mode
-    assert "MDS ω" in result.stdout
+    report = tmp_path / "demo" / "report"
+    document = json.loads((report / "report.json").read_text())
+    assert document["headline"]["n_checkpoints"] == 16
+    assert document["architecture"]["name"] == "gpt_neox"
+    assert {"report.html", "qkv.json", "similarity_displacement.png", "pca.png"} <= set(document["files"])
+    assert all((report / name).is_file() for name in document["files"])
+    assert "MDS ω, displacement" in result.stdout
     again = run(["demo", tmp_path / "demo", "--quiet"])
     assert again.exit_code == 0 and "already in" in again.stderr

@@ -83,7 +83,8 @@ def test_layers_files(neox_run, tmp_path):
     out = tmp_path / "out"
     result = run(["layers", folder, "--by", "block", "--out", out])
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["layers.csv", "layers.json", "layers_maps.png", "layers_mds.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["grams.npz", "layers.csv", "layers.json", "layers_maps.png",
+                                                     "layers_mds.png"]
     rows = (out / "layers.csv").read_text().splitlines()
     assert rows[0].startswith("name,kind,layer,role,n_params,mds,")
     assert len(rows) == 5 and rows[2].startswith("block.0,block,0,")

@@ -185,7 +185,7 @@ def test_qkv_files_and_plots(tmp_path):
     out = tmp_path / "out"
     result = run(["qkv", tmp_path / "run", "--per-head", "--out", out])
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["qkv.csv", "qkv.json", "qkv_heads.csv", "qkv_heads.png",
+    assert sorted(p.name for p in out.iterdir()) == ["grams.npz", "qkv.csv", "qkv.json", "qkv_heads.csv", "qkv_heads.png",
                                                      "qkv_heterogeneity.png", "qkv_mds.png"]
     header = (out / "qkv.csv").read_text().splitlines()[0]
     assert header.startswith("layer,depth,mds_q,mds_k,mds_v,heterogeneity,map_distance")

@@ -280,3 +280,113 @@ def qkv_result(inv: Inventory, grams: GramSet, plan, layers: list[int], mode: st
     result = {"schema": QKV_SCHEMA, **head, "architecture": arch.family.name, "layout": arch.to_json(),
               "include_bias": include_bias, "per_head": per_head, "n_layers": n_layers, "layers": out_layers}
     return result, _undefined_warnings(part_docs)
+
+
+# ---- the whole report --------------------------------------------------------------------------
+
+REPORT_SCHEMA = "trajcli.report/1"
+
+
+@dataclass
+class ReportPlans:
+    """What `report` computes: the cut the pass uses, and the groups of each analysis."""
+
+    architecture: Architecture
+    segments: dict
+    block: object
+    role: object
+    qkv: object | None = None
+    qkv_layers: list[int] | None = None
+    qkv_problem: str | None = None
+
+
+def plan_report(inv: Inventory, arch: str | None, head_flags: dict) -> ReportPlans:
+    """The finest cut any analysis needs (Q/K/V heads when the architecture is known), so one pass
+    serves every analysis; a layout that cannot be split leaves Q/K/V out with the reason."""
+    from trajcli.arch.grouping import plan_layers, plan_qkv
+    from trajcli.errors import DataError
+
+    try:
+        architecture = detect_architecture(inv, arch, head_flags)
+    except DataError as exc:
+        if arch:
+            raise
+        architecture = Architecture(None, f"not detected ({exc.message})", None, None)
+    family, heads = architecture.family, architecture.heads
+    qkv_plan, layers, problem = None, None, None
+    if family is None:
+        problem = f"Q/K/V left out: {architecture.source}" + (
+            f" (fits {', '.join(architecture.ambiguous)}; pass --arch)" if architecture.ambiguous else "; pass --arch")
+    else:
+        try:
+            qkv_plan, layers = plan_qkv(inv.tensors, family, heads, per_head=heads is not None, include_bias=True)
+        except DataError as exc:
+            if arch:
+                raise
+            problem = f"Q/K/V left out: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+    usable = family if qkv_plan is not None else None
+    role = plan_layers(inv.tensors, "role", usable, heads)
+    block = plan_layers(inv.tensors, "block", None, None)
+    segments = qkv_plan.segments if qkv_plan is not None else role.segments
+    return ReportPlans(architecture, segments, block, role, qkv_plan, layers, problem)
+
+
+def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, reference: str | None) -> dict:
+    """Every analysis from one Gram set: similarity in three modes, layers by block and by role
+    (displacement), Q/K/V with heads (displacement), lengths and bends, PCA, and the headline."""
+    from trajcli.engine.store import derive_gramset
+
+    out: dict = {"warnings": list(inv.warnings)}
+    out["similarity"] = {}
+    for mode in tm.MODES:
+        doc, matrix, warnings = similarity_result(inv, grams, mode, reference)
+        out["similarity"][mode] = (doc, matrix)
+        if mode == "raw":
+            out["warnings"] += warnings
+    for by, plan in (("block", plans.block), ("role", plans.role)):
+        derived = derive_gramset(grams, plans.segments, plan.segments, inv.tensors)
+        doc, matrices, warnings = layers_result(inv, derived, plan, by, "displacement", reference, plans.architecture)
+        out[f"layers_{by}"] = (doc, matrices)
+        out["warnings"] += warnings
+    if plans.qkv is not None:
+        doc, warnings = qkv_result(inv, grams, plans.qkv, plans.qkv_layers, "displacement", reference,
+                                   plans.architecture, True, plans.architecture.heads is not None)
+        out["qkv"] = doc
+        out["warnings"] += warnings
+    elif plans.qkv_problem:
+        out["warnings"].append(plans.qkv_problem)
+    out["headline"] = _headline(out)
+    return out
+
+
+def _headline(out: dict) -> dict:
+    sims = {mode: doc for mode, (doc, _) in out["similarity"].items()}
+    raw = sims["raw"]
+    path = sims["displacement"]["path"]
+    head = {
+        "n_checkpoints": raw["n_checkpoints"],
+        "first_step": raw["checkpoints"][0]["step"],
+        "last_step": raw["checkpoints"][-1]["step"],
+        "n_params": raw["n_params"],
+        "n_tensors": raw["n_tensors"],
+        "mds_raw": raw["mds"],
+        "mds_displacement": sims["displacement"]["mds"],
+        "mds_update": sims["update"]["mds"],
+        "mds_displacement_early": sims["displacement"]["mds_early"],
+        "mds_displacement_late": sims["displacement"]["mds_late"],
+        "path_length": path["path_length"],
+        "end_to_end_distance": path["end_to_end_distance"],
+        "straightness": path["straightness"],
+        "cone_apex_angle_deg": path["cone_apex_angle_deg"],
+        "pca_explained_2d": (sum(v for v in raw["pca"]["explained_variance_ratio"] if v is not None)
+                             if raw["pca"] else None),
+        "effective_rank_displacement": sims["displacement"]["spectrum"]["effective_rank"],
+        "identical_pairs": len(raw["identical"]),
+    }
+    qkv = out.get("qkv")
+    if qkv:
+        het = [(e["depth"], e["heterogeneity"]) for e in qkv["layers"] if e["heterogeneity"] is not None]
+        middle = [h for d, h in het if 1 / 3 <= d <= 2 / 3]
+        head["qkv_heterogeneity_mean"] = float(np.mean([h for _, h in het])) if het else None
+        head["qkv_heterogeneity_middle_third"] = float(np.mean(middle)) if middle else None
+    return head

@@ -103,6 +103,8 @@ HeadDimOpt = Annotated[Optional[int], typer.Option("--head-dim", min=1, help="He
 ModeOpt = Annotated[str, typer.Option("--mode", "-m", help="raw: θ_k; displacement: θ_k − θ_ref; update: θ_{k+1} − θ_k.")]
 ReferenceOpt = Annotated[Optional[str], typer.Option("--reference", help="Reference checkpoint (name or step) for displacement [default: the first].")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Plot file format: png, svg or pdf.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Where the float64 products run: auto (CUDA when available), cpu or cuda.")]
+RecomputeOpt = Annotated[bool, typer.Option("--recompute", help="Read the checkpoints even when --out holds Grams saved from them.")]
 
 
 def _selection(every, max_checkpoints, steps, include, exclude, on_mismatch):
@@ -168,6 +170,8 @@ def similarity(
     out: OutOpt = None,
     plot_format: FormatOpt = "png",
     json_output: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    recompute: RecomputeOpt = False,
     quiet: QuietOpt = False,
     strict: StrictOpt = False,
 ) -> None:
@@ -186,7 +190,7 @@ def similarity(
     _check_choice(mode, "--mode", _modes())
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
-    inv, grams, out_dir, _ = _read_pass(paths, selection, memory_budget, out, quiet)
+    inv, grams, out_dir, _ = _read_pass(paths, selection, memory_budget, out, quiet, device=device, recompute=recompute)
     doc, matrix, warnings = similarity_result(inv, grams, mode, reference)
     _warn_all(inv.warnings + warnings, quiet)
     if strict and doc["nonfinite"]:
@@ -219,26 +223,36 @@ def _warn_all(messages: list[str], quiet: bool) -> None:
             warn(message)
 
 
-def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None):
-    """Inventory, output folder check, the plan (which needs the inventory), then the single pass.
+def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, device="auto", recompute=False):
+    """Inventory, output folder check, the plan (which needs the inventory), then the single pass —
+    or, when --out holds Grams saved from these very checkpoints, no pass at all.
 
     Returns (inventory, Gram set, output folder or None, what `plan_for` returned)."""
     from trajcli.engine.budget import parse_budget
+    from trajcli.engine.gram import resolve_device
+    from trajcli.engine.store import GRAMS_FILE, load_grams, save_grams
     from trajcli.pipeline import load_inventory, read_trajectory
     from trajcli.report import render
 
+    _check_choice(device, "--device", ("auto", "cpu", "cuda"))
     budget = parse_budget(memory_budget)
     inv = load_inventory(paths, selection)
     try:
         out_dir = render.prepare_out(out, inv) if out is not None else None
         planned = plan_for(inv) if plan_for is not None else None
-        segments = getattr(planned[0] if isinstance(planned, tuple) else planned, "segments", None)
-        trajectory = read_trajectory(inv, budget, quiet=quiet, segments=segments)
+        segments = getattr(planned[0] if isinstance(planned, tuple) else planned, "segments", None) or {}
+        grams = None
+        if out_dir is not None and not recompute:
+            grams = load_grams(out_dir / GRAMS_FILE, inv, segments)
+            if grams is not None and not quiet:
+                typer.echo(f"trajcli: reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)", err=True)
+        if grams is None:
+            grams = read_trajectory(inv, budget, quiet=quiet, segments=segments, device=resolve_device(device)).grams
+            if out_dir is not None:
+                save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
     finally:
         inv.close()
-    return inv, trajectory.grams, out_dir, planned
-
-
+    return inv, grams, out_dir, planned
 
 
 @app.command()
@@ -262,6 +276,8 @@ def layers(
     out: OutOpt = None,
     plot_format: FormatOpt = "png",
     json_output: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    recompute: RecomputeOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Trajectory map, MDS and lengths and bends of every group: tensor, block or role.
@@ -293,7 +309,8 @@ def layers(
             architecture = Architecture(None, "not detected", None, None)
         return plan_layers(inv.tensors, by, architecture.family, architecture.heads), architecture
 
-    inv, grams, out_dir, (plan, architecture) = _read_pass(paths, selection, memory_budget, out, quiet, plan_for)
+    inv, grams, out_dir, (plan, architecture) = _read_pass(paths, selection, memory_budget, out, quiet, plan_for,
+                                                           device, recompute)
     doc, matrices, warnings = layers_result(inv, grams, plan, by, mode, reference, architecture)
     _warn_all(inv.warnings + warnings, quiet)
     written = render.write_layers(out_dir, doc, matrices, plot_format) if out_dir is not None else []
@@ -325,6 +342,8 @@ def qkv(
     out: OutOpt = None,
     plot_format: FormatOpt = "png",
     json_output: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    recompute: RecomputeOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Q/K/V heterogeneity: the query, key and value parts of every attention layer as separate groups.
@@ -356,7 +375,8 @@ def qkv(
         plan, layer_ids = plan_qkv(inv.tensors, architecture.family, architecture.heads, per_head, bias)
         return plan, (architecture, layer_ids)
 
-    inv, grams, out_dir, (plan, (architecture, layer_ids)) = _read_pass(paths, selection, memory_budget, out, quiet, plan_for)
+    inv, grams, out_dir, (plan, (architecture, layer_ids)) = _read_pass(paths, selection, memory_budget, out, quiet,
+                                                                        plan_for, device, recompute)
     doc, warnings = qkv_result(inv, grams, plan, layer_ids, mode, reference, architecture, bias, per_head)
     _warn_all(inv.warnings + warnings, quiet)
     written = render.write_qkv(out_dir, doc, plot_format) if out_dir is not None else []
@@ -364,6 +384,56 @@ def qkv(
         render.print_json(doc)
     else:
         render.print_qkv(doc, written)
+
+
+@app.command()
+@handles_errors
+def report(
+    paths: PathsArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the report and every result file (created if needed).")],
+    reference: ReferenceOpt = None,
+    arch: ArchOpt = None,
+    num_heads: HeadsOpt = None,
+    num_kv_heads: KvHeadsOpt = None,
+    head_dim: HeadDimOpt = None,
+    every: EveryOpt = 1,
+    max_checkpoints: MaxOpt = None,
+    steps: StepsOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    on_mismatch: MismatchOpt = "error",
+    memory_budget: BudgetOpt = None,
+    plot_format: FormatOpt = "png",
+    device: DeviceOpt = "auto",
+    recompute: RecomputeOpt = False,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Everything from one pass: trajectory maps in three modes, layers by block and role, Q/K/V
+    (with heads) when the architecture is known, lengths and bends, the 2-D trajectory; every
+    JSON/CSV/NPY file, the plots and a self-contained report.html.
+
+    Examples:
+
+      trajcli report runs/out --out report/
+
+      trajcli report pythia-160m/ --every 4 --out pythia-160m-report/ --format svg
+    """
+    from trajcli.analysis import plan_report, report_result
+    from trajcli.report import render
+
+    _check_choice(plot_format, "--format", PLOT_FORMATS)
+    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
+    inv, grams, out_dir, plans = _read_pass(paths, selection, memory_budget, out, quiet,
+                                            lambda inv: plan_report(inv, arch, head_flags), device, recompute)
+    result = report_result(inv, grams, plans, reference)
+    _warn_all(result["warnings"], quiet)
+    document, written = render.write_report(out_dir, result, plot_format)
+    if json_output:
+        render.print_json(document)
+    else:
+        render.print_report(document, written)
 
 
 @app.command()
@@ -421,15 +491,15 @@ def demo(
     memory_budget: BudgetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a tiny GPT-NeoX-layout model, save a Pythia-like trajectory, and analyse it.
+    """Train a tiny GPT-NeoX-layout model, save a Pythia-like trajectory, and report on it.
 
-    Writes FOLDER/checkpoints/step*/ (sharded safetensors + config.json) and, from one pass over them,
-    FOLDER/results/{raw,displacement,update}/similarity.*. About half a minute on 2 CPU cores; an
-    existing complete trajectory in FOLDER is reused. Example:
+    Writes FOLDER/checkpoints/step*/ (sharded safetensors + config.json) and then runs `trajcli report`
+    on them into FOLDER/report/ (open report.html). About a minute on 2 CPU cores; an existing complete
+    trajectory in FOLDER is reused. Example:
 
       trajcli demo && trajcli inspect trajcli-demo/checkpoints
     """
-    from trajcli.analysis import similarity_result
+    from trajcli.analysis import plan_report, report_result
     from trajcli.demo import DEMO_STEPS, make_demo_trajectory
     from trajcli.io.inventory import Selection
     from trajcli.report import render
@@ -441,14 +511,12 @@ def demo(
     else:
         typer.echo(f"training a tiny GPT-NeoX-layout model; checkpoints go to {checkpoints}", err=True)
         make_demo_trajectory(checkpoints, log=None if quiet else (lambda m: typer.echo(f"  {m}", err=True)))
-    inv, grams, _, _ = _read_pass([str(checkpoints)], Selection(), memory_budget, None, quiet)
-    for mode in _modes():
-        doc, matrix, _ = similarity_result(inv, grams, mode, None)
-        out_dir = render.prepare_out(folder / "results" / mode, inv)
-        written = render.write_similarity(out_dir, doc, matrix)
-        typer.echo(f"\n── {mode} ──")
-        render.print_similarity(doc, written)
-
+    inv, grams, out_dir, plans = _read_pass([str(checkpoints)], Selection(), memory_budget, folder / "report", quiet,
+                                            lambda inv: plan_report(inv, None, {}))
+    result = report_result(inv, grams, plans, None)
+    _warn_all(result["warnings"], quiet)
+    document, written = render.write_report(out_dir, result)
+    render.print_report(document, written)
 
 def main() -> None:
     app()

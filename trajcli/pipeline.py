@@ -39,12 +39,13 @@ def _progress(total_bytes: int, quiet: bool) -> Iterator:
         yield lambda n: progress.advance(task, n)
 
 
-def read_trajectory(inv: Inventory, memory_budget_bytes: int, quiet: bool = False, segments: dict | None = None) -> Trajectory:
+def read_trajectory(inv: Inventory, memory_budget_bytes: int, quiet: bool = False, segments: dict | None = None,
+                    device: str = "cpu") -> Trajectory:
     """The single streaming pass over an inventoried trajectory (tensors cut into leaves by `segments`)."""
     total = sum(
         t.numel * itemsize(r.tensors[t.name].dtype) for t in inv.tensors for r in inv.readers
     )
     with _progress(total, quiet) as on_bytes:
-        grams = accumulate(inv, memory_budget_bytes, on_bytes, segments)
+        grams = accumulate(inv, memory_budget_bytes, on_bytes, segments, device)
     return Trajectory(inv, grams)
 

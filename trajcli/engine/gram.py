@@ -12,14 +12,18 @@ product per chunk serves all three modes, any reference and any grouping of tens
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from trajcli.arch.grouping import Segment
+from trajcli.errors import UsageError
 from trajcli.io.inventory import Inventory, TensorSpec
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024 * 1024
+READ_THREADS = 2  # checkpoints of one chunk read side by side (copying and converting is CPU work)
+_PARALLEL_MIN_ELEMS = 1 << 15  # below this a chunk is read in the reader thread alone
 
 
 @dataclass
@@ -53,9 +57,35 @@ class GramSet:
 
 
 def chunk_elems_for(n_checkpoints: int, memory_budget_bytes: int) -> int:
-    """Elements per checkpoint in one chunk: the (N, chunk) float64 buffer is half the budget, the
-    rest covers the per-checkpoint read that is converted into it and the products."""
-    return max(1, memory_budget_bytes // (2 * 8 * n_checkpoints))
+    """Elements per checkpoint in one chunk. Two (N, chunk) float64 buffers (one being read while the
+    other is multiplied) take half the budget; the rest covers per-checkpoint reads and products."""
+    return max(1, memory_budget_bytes // (4 * 8 * n_checkpoints))
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    spec: TensorSpec
+    segment: Segment
+    row_start: int
+    row_stop: int
+
+    @property
+    def row_elems(self) -> int:
+        return self.spec.numel // self.spec.n_rows
+
+    @property
+    def n_elems(self) -> int:
+        return (self.row_stop - self.row_start) * self.row_elems
+
+
+def _plan_chunks(inv: Inventory, segments: dict[str, Segment], chunk_elems: int) -> list[_Chunk]:
+    chunks = []
+    for spec in inv.tensors:
+        segment = segments.get(spec.name) or Segment(0, ((0, spec.n_rows, spec.name),))
+        rows_per_chunk = max(1, chunk_elems // (spec.numel // spec.n_rows))
+        for row_start in range(0, spec.n_rows, rows_per_chunk):
+            chunks.append(_Chunk(spec, segment, row_start, min(spec.n_rows, row_start + rows_per_chunk)))
+    return chunks
 
 
 def accumulate(
@@ -63,82 +93,155 @@ def accumulate(
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     on_bytes: Callable[[int], None] | None = None,
     segments: dict[str, Segment] | None = None,
+    device: str = "cpu",
 ) -> GramSet:
-    """Read every analysed tensor once, in row chunks, and return the per-leaf basis Grams."""
+    """Read every analysed tensor once, in row chunks, and return the per-leaf basis Grams.
+
+    A background thread reads and differences the next chunk into one buffer while the products of
+    the current chunk run on the other (numpy's BLAS on the CPU, or torch on `device`)."""
     n = len(inv.checkpoints)
     segments = segments or {}
     chunk_elems = chunk_elems_for(n, memory_budget_bytes)
-    widest_row = max(t.numel // max(t.n_rows, 1) for t in inv.tensors)
-    buffer = np.empty(n * max(chunk_elems, widest_row))
+    chunks = _plan_chunks(inv, segments, chunk_elems)
+    capacity = max((c.n_elems for c in chunks), default=1)
+    buffers = [np.empty(n * capacity), np.empty(n * capacity)]
+    products = _products_for(device, n)
     grams = GramSet([c.name for c in inv.checkpoints])
+    sums: dict[str, object] = {}
+
+    def prepare(chunk: _Chunk, buffer: np.ndarray) -> np.ndarray:
+        x = buffer[: n * chunk.n_elems].reshape(n, chunk.n_elems)  # (n_ckpt, chunk_elems), contiguous
+        _read_chunk(inv, chunk, x, readers)
+        _difference_in_place(x)
+        return x
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trajcli-chunk") as pool, \
+            ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="trajcli-read") as readers:
+        pending = pool.submit(prepare, chunks[0], buffers[0]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            x = pending.result()
+            if i + 1 < len(chunks):
+                pending = pool.submit(prepare, chunks[i + 1], buffers[(i + 1) % 2])
+            parts = products(x, chunk)
+            if not products.finite(parts):
+                parts = _products_without_nonfinite(inv, chunk, x, products, grams)
+            for leaf, part in parts.items():
+                sums[leaf] = sums[leaf] + part if leaf in sums else part
+            if on_bytes is not None:
+                on_bytes(sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype) for r in inv.readers))
     for spec in inv.tensors:
         segment = segments.get(spec.name) or Segment(0, ((0, spec.n_rows, spec.name),))
-        for leaf, gram in _tensor_grams(inv, spec, segment, buffer, chunk_elems, grams, on_bytes).items():
-            grams.basis[leaf] = gram
-            grams.tensor_of[leaf] = spec.name
+        per_index = spec.numel // (spec.shape[segment.axis] if spec.shape else 1)
         for start, stop, leaf in segment.ranges:
-            size = spec.numel // (spec.shape[segment.axis] if spec.shape else 1) * (stop - start)
-            grams.n_params[leaf] = grams.n_params.get(leaf, 0) + size
+            grams.basis[leaf] = products.to_numpy(sums[leaf])
+            grams.tensor_of[leaf] = spec.name
+            grams.n_params[leaf] = grams.n_params.get(leaf, 0) + per_index * (stop - start)
     return grams
 
 
-def _tensor_grams(inv: Inventory, spec: TensorSpec, segment: Segment, buffer: np.ndarray, chunk_elems: int,
-                  grams: GramSet, on_bytes: Callable[[int], None] | None) -> dict[str, np.ndarray]:
-    n = len(inv.readers)
-    row_elems = spec.numel // spec.n_rows
-    rows_per_chunk = max(1, chunk_elems // row_elems)
-    out = {leaf: np.zeros((n, n)) for _, _, leaf in segment.ranges}
-    for row_start in range(0, spec.n_rows, rows_per_chunk):
-        row_stop = min(spec.n_rows, row_start + rows_per_chunk)
-        m = (row_stop - row_start) * row_elems
-        x = buffer[: n * m].reshape(n, m)  # (n_ckpt, chunk_elems), contiguous
-        _read_chunk(inv, spec, row_start, row_stop, x, on_bytes)
-        _difference_in_place(x)
-        parts = _leaf_products(x, segment, row_start, row_stop, row_elems)
-        if not all(np.isfinite(np.diagonal(p)).all() for p in parts.values()):
-            # A NaN/Inf in any checkpoint shows on a diagonal. Rare: read the chunk again, zero the bad
-            # values and remember which checkpoints had them, so the other entries stay exact.
-            _read_chunk(inv, spec, row_start, row_stop, x, None)
-            bad_counts = grams.nonfinite.setdefault(spec.name, {})
-            for k in range(n):
-                bad = ~np.isfinite(x[k])
-                count = int(bad.sum())
-                if count:
-                    bad_counts[k] = bad_counts.get(k, 0) + count
-                    x[k][bad] = 0.0
-            _difference_in_place(x)
-            parts = _leaf_products(x, segment, row_start, row_stop, row_elems)
-        for leaf, part in parts.items():
-            out[leaf] += part
-    return out
+def _products_without_nonfinite(inv: Inventory, chunk: _Chunk, x: np.ndarray, products, grams: GramSet) -> dict:
+    """A NaN/Inf in any checkpoint shows on a diagonal. Rare: read the chunk again, zero the bad
+    values and remember which checkpoints had them, so every other entry stays exact."""
+    _read_chunk(inv, chunk, x)
+    bad_counts = grams.nonfinite.setdefault(chunk.spec.name, {})
+    for k in range(x.shape[0]):
+        bad = ~np.isfinite(x[k])
+        count = int(bad.sum())
+        if count:
+            bad_counts[k] = bad_counts.get(k, 0) + count
+            x[k][bad] = 0.0
+    _difference_in_place(x)
+    return products(x, chunk)
 
 
-def _leaf_products(x: np.ndarray, segment: Segment, row_start: int, row_stop: int, row_elems: int) -> dict[str, np.ndarray]:
-    """B Bᵀ of each leaf's share of the chunk (numpy computes A @ A.T as a symmetric rank-k update)."""
+def _leaf_slices(x: np.ndarray, chunk: _Chunk):
+    """(leaf, the leaf's share of the chunk as an (n_ckpt, elems) array) for each leaf in the chunk."""
+    segment = chunk.segment
     if len(segment.ranges) == 1:
-        return {segment.ranges[0][2]: x @ x.T}
-    n = x.shape[0]
-    rows = row_stop - row_start
-    products: dict[str, np.ndarray] = {}
+        yield segment.ranges[0][2], x
+        return
+    n, rows, row_elems = x.shape[0], chunk.row_stop - chunk.row_start, chunk.row_elems
     for start, stop, leaf in segment.ranges:
         if segment.axis == 0:
-            lo, hi = max(start, row_start) - row_start, min(stop, row_stop) - row_start
-            if hi <= lo:
-                continue
-            part = x[:, lo * row_elems: hi * row_elems]  # strided rows, no copy
-        else:  # columns of a 2-D [rows, cols] tensor (GPT-2's Conv1D): a copy
-            part = np.ascontiguousarray(x.reshape(n, rows, row_elems)[:, :, start:stop]).reshape(n, -1)
-        product = part @ part.T
-        products[leaf] = products[leaf] + product if leaf in products else product
-    return products
+            lo, hi = max(start, chunk.row_start) - chunk.row_start, min(stop, chunk.row_stop) - chunk.row_start
+            if hi > lo:
+                yield leaf, x[:, lo * row_elems: hi * row_elems]  # strided rows, no copy
+        else:  # columns of a 2-D [rows, cols] tensor (GPT-2's Conv1D): reshape copies them
+            yield leaf, x.reshape(n, rows, row_elems)[:, :, start:stop].reshape(n, -1)
 
 
-def _read_chunk(inv: Inventory, spec: TensorSpec, row_start: int, row_stop: int, x: np.ndarray,
-                on_bytes: Callable[[int], None] | None) -> None:
-    for k, reader in enumerate(inv.readers):
-        reader.read_into(spec.name, row_start, row_stop, x[k])
-        if on_bytes is not None:
-            on_bytes(x.shape[1] * itemsize(reader.tensors[spec.name].dtype))
+class _NumpyProducts:
+    """B Bᵀ per leaf with numpy (A @ A.T runs as a symmetric rank-k update)."""
+
+    def __call__(self, x: np.ndarray, chunk: _Chunk) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for leaf, part in _leaf_slices(x, chunk):
+            product = part @ part.T
+            out[leaf] = out[leaf] + product if leaf in out else product
+        return out
+
+    @staticmethod
+    def finite(parts: dict) -> bool:
+        return all(np.isfinite(np.diagonal(p)).all() for p in parts.values())
+
+    @staticmethod
+    def to_numpy(total) -> np.ndarray:
+        return total
+
+
+class _TorchProducts:
+    """The same products in float64 on a torch device: the chunk is copied there (while the reader
+    thread fills the other buffer) and the sums stay on the device until the end."""
+
+    def __init__(self, device: str):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available", "use --device cpu (or auto)")
+
+    def __call__(self, x: np.ndarray, chunk: _Chunk) -> dict:
+        on_device = self.torch.from_numpy(x).to(self.device)
+        out: dict = {}
+        for leaf, part in _leaf_slices(on_device, chunk):
+            product = part @ part.T
+            out[leaf] = out[leaf] + product if leaf in out else product
+        return out
+
+    def finite(self, parts: dict) -> bool:
+        return all(bool(self.torch.isfinite(self.torch.diagonal(p)).all()) for p in parts.values())
+
+    @staticmethod
+    def to_numpy(total) -> np.ndarray:
+        return total.cpu().numpy()
+
+
+def resolve_device(device: str) -> str:
+    """`auto` is CUDA when torch sees a device, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _products_for(device: str, n: int):
+    device = resolve_device(device)
+    return _NumpyProducts() if device == "cpu" else _TorchProducts(device)
+
+
+def _read_chunk(inv: Inventory, chunk: _Chunk, x: np.ndarray, pool: ThreadPoolExecutor | None = None) -> None:
+    """Rows of every checkpoint into x (n_ckpt, elems); with `pool`, the checkpoints in parallel."""
+    def read(k: int) -> None:
+        inv.readers[k].read_into(chunk.spec.name, chunk.row_start, chunk.row_stop, x[k])
+
+    if pool is None or chunk.n_elems < _PARALLEL_MIN_ELEMS:
+        for k in range(len(inv.readers)):
+            read(k)
+    else:
+        for future in [pool.submit(read, k) for k in range(len(inv.readers))]:
+            future.result()
 
 
 def _difference_in_place(x: np.ndarray) -> None:

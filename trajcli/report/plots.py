@@ -29,8 +29,7 @@ def trajectory_map(path: Path, matrix: np.ndarray, tick_labels: list[str], title
     n = matrix.shape[0]
     size = min(9.0, 3.5 + 0.12 * n)
     fig, ax = plt.subplots(figsize=(size + 1.2, size), dpi=110)
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("#bbbbbb")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#bbbbbb")
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
     ticks = _tick_positions(n)
     ax.set_xticks(ticks, [tick_labels[i] for i in ticks], rotation=60, ha="right", fontsize=8)
@@ -53,30 +52,33 @@ def _save(fig, path: Path, fmt: str) -> None:
     _pyplot().close(fig)
 
 
-def map_grid(path: Path, maps: list[tuple[str, np.ndarray]], title: str, fmt: str = "png", max_maps: int = 48) -> None:
-    """Small trajectory maps side by side on one colour scale (evenly sampled beyond `max_maps`)."""
+def map_grid(path: Path, maps: list[tuple[str, np.ndarray]], title: str, fmt: str = "png", max_maps: int = 64) -> None:
+    """Small trajectory maps side by side on one colour scale, drawn as one mosaic image (fast for
+    hundreds of groups); evenly sampled beyond `max_maps`."""
     plt = _pyplot()
     if len(maps) > max_maps:
         picks = sorted({round(i * (len(maps) - 1) / (max_maps - 1)) for i in range(max_maps)})
         title += f" ({len(picks)} of {len(maps)} groups)"
         maps = [maps[i] for i in picks]
+    n = max(m.shape[0] for _, m in maps)
     cols = min(8, len(maps))
     rows = -(-len(maps) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.8, 1.75 * rows + 0.6), dpi=110, squeeze=False)
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("#bbbbbb")
-    image = None
-    for ax, (name, matrix) in zip(axes.flat, maps):
-        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
-        ax.set_title(name if len(name) <= 26 else "…" + name[-25:], fontsize=6.5)
-        ax.set_xticks([]), ax.set_yticks([])
-    for ax in list(axes.flat)[len(maps):]:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02, label="cosine")
-    fig.savefig(path, format=fmt)
-    plt.close(fig)
+    gap = max(1, n // 4)
+    tile_h = n + gap + max(2, n // 3)  # room above each tile for its name
+    mosaic = np.full((rows * tile_h, cols * (n + gap)), np.nan)
+    fig, ax = plt.subplots(figsize=(1.45 * cols + 1.4, 1.6 * rows + 0.8), dpi=110)
+    for i, (name, matrix) in enumerate(maps):
+        r, c = divmod(i, cols)
+        top, left = r * tile_h + (tile_h - n - gap), c * (n + gap)
+        mosaic[top: top + matrix.shape[0], left: left + matrix.shape[1]] = matrix
+        ax.text(left + n / 2, top - 0.6, name if len(name) <= 24 else "…" + name[-23:], ha="center", va="bottom",
+                fontsize=6)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="white")
+    image = ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.025, pad=0.02, label="cosine (white: undefined)")
+    _save(fig, path, fmt)
 
 
 def layers_mds(path: Path, groups: list[dict], title: str, fmt: str = "png") -> None:
@@ -184,4 +186,64 @@ def layers_overlay(path: Path, runs: list[tuple[str, dict]], fmt: str = "png") -
     ax.set_title("MDS along depth", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
+    _save(fig, path, fmt)
+
+
+def _step_axis(ax, steps: list[int]) -> None:
+    """Log-like x axis when the steps are log-spaced (Pythia-style), linear otherwise."""
+    positive = [s for s in steps if s > 0]
+    if len(positive) >= 3 and max(positive) / min(positive) >= 100:
+        ax.set_xscale("symlog", linthresh=max(1, min(positive)))
+    ax.set_xlabel("step")
+
+
+def trajectory_pca(path: Path, coords: list[list[float]], steps: list, labels: list[str], explained: list,
+                   title: str, fmt: str = "png") -> None:
+    """The checkpoints on the top two principal directions, joined in training order, coloured by step."""
+    plt = _pyplot()
+    xy = np.array(coords, dtype=float)
+    if xy.shape[1] == 1:
+        xy = np.column_stack([xy[:, 0], np.zeros(len(xy))])
+    order = np.arange(len(xy))
+    colour = np.array([s if s is not None else i for i, s in enumerate(steps)], dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=110)
+    ax.plot(xy[:, 0], xy[:, 1], color="0.75", lw=1, zorder=1)
+    norm = None
+    if colour.min() >= 0 and colour.max() / max(colour[colour > 0].min() if (colour > 0).any() else 1, 1) >= 100:
+        from matplotlib.colors import SymLogNorm
+
+        norm = SymLogNorm(linthresh=1, vmin=colour.min(), vmax=colour.max())
+    points = ax.scatter(xy[:, 0], xy[:, 1], c=colour, cmap="viridis", norm=norm, s=36, zorder=2, edgecolor="k", lw=0.4)
+    ax.annotate(labels[order[0]], xy[order[0]], textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.annotate(labels[order[-1]], xy[order[-1]], textcoords="offset points", xytext=(-6, -12), fontsize=8, ha="right")
+    ev = [f"{100 * e:.1f}%" if e is not None else "—" for e in (explained + [None, None])[:2]]
+    ax.set_xlabel(f"PC 1 ({ev[0]} of variance)")
+    ax.set_ylabel(f"PC 2 ({ev[1]} of variance)")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(points, ax=ax, label="step")
+    ax.grid(alpha=0.3)
+    _save(fig, path, fmt)
+
+
+def path_measures(path: Path, doc: dict, fmt: str = "png") -> None:
+    """Norm, distance to the reference and the angle of each step, against the training step."""
+    plt = _pyplot()
+    steps = [c["step"] if c["step"] is not None else i for i, c in enumerate(doc["checkpoints"])]
+    p = doc["path"]
+    nan = lambda values: [np.nan if v is None else v for v in values]  # noqa: E731
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=110)
+    axes[0].plot(steps, nan(p["norm"]), marker="o", ms=3)
+    axes[0].set_ylabel("‖θ_k‖")
+    axes[1].plot(steps, nan(p["distance_to_reference"]), marker="o", ms=3, color="#d62728")
+    axes[1].set_ylabel(f"‖θ_k − θ_ref‖ (ref {p['reference']})")
+    axes[2].plot(steps[1:], nan(p["step_angle_deg"]), marker="o", ms=3, color="#2ca02c", label="step angle ∠(θ_k−1, θ_k)")
+    if p["turning_angle_deg"]:
+        axes[2].plot(steps[1:-1], nan(p["turning_angle_deg"]), marker="s", ms=3, color="#9467bd", label="turning angle")
+    axes[2].set_ylabel("degrees")
+    axes[2].legend(fontsize=7)
+    for ax in axes:
+        _step_axis(ax, steps)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"lengths and bends — path length {p['path_length']:.4g}, straightness "
+                 f"{p['straightness']:.3f}" if p["straightness"] is not None else "lengths and bends", fontsize=10)
     _save(fig, path, fmt)

@@ -113,16 +113,25 @@ def tick_labels(doc: dict) -> list[str]:
     return [short(label) for label in doc["labels"]]
 
 
-def write_similarity(out: Path, doc: dict, matrix: np.ndarray, plot_format: str = "png") -> list[Path]:
+def similarity_title(doc: dict) -> str:
     mds = "undefined" if doc["mds"] is None else f"{doc['mds']:.4f}"
-    ref = f", reference {doc['reference']}" if doc["reference"] else ""
-    title = f"trajectory map ({doc['mode']}{ref}) — MDS ω = {mds}"
+    return f"trajectory map ({_mode_text(doc)}) — MDS ω = {mds}"
+
+
+def add_similarity(files: OutputSet, doc: dict, matrix: np.ndarray, plot_format: str, stem: str = "similarity") -> list[str]:
+    """similarity JSON, CSV, NPY and heatmap into `files`; returns the file names."""
+    names = [f"{stem}.json", f"{stem}.csv", f"{stem}.npy", f"{stem}.{plot_format}"]
+    files.text(names[0], dumps_json(doc))
+    files.text(names[1], matrix_csv(doc["labels"], matrix))
+    files.npy(names[2], matrix)
+    plots.trajectory_map(files.path_for(names[3]), matrix, tick_labels(doc), similarity_title(doc), plot_format)
+    return names
+
+
+def write_similarity(out: Path, doc: dict, matrix: np.ndarray, plot_format: str = "png") -> list[Path]:
     with OutputSet(out) as files:
-        files.text("similarity.json", dumps_json(doc))
-        files.text("similarity.csv", matrix_csv(doc["labels"], matrix))
-        files.npy("similarity.npy", matrix)
-        plots.trajectory_map(files.path_for(f"similarity.{plot_format}"), matrix, tick_labels(doc), title, plot_format)
-    return [out / n for n in ("similarity.json", "similarity.csv", "similarity.npy", f"similarity.{plot_format}")]
+        names = add_similarity(files, doc, matrix, plot_format)
+    return [out / n for n in names]
 
 
 def _fmt(value, spec: str = ".4f") -> str:
@@ -165,15 +174,21 @@ def _mode_text(doc: dict) -> str:
     return doc["mode"] + (f", reference {doc['reference']}" if doc["reference"] else "")
 
 
-def write_layers(out: Path, doc: dict, matrices: dict[str, np.ndarray], plot_format: str = "png") -> list[Path]:
+def add_layers(files: OutputSet, doc: dict, matrices: dict[str, np.ndarray], plot_format: str,
+               stem: str = "layers") -> list[str]:
     rows = [[g.get(c) for c in LAYER_COLUMNS] for g in doc["groups"]]
-    names = ["layers.json", "layers.csv", f"layers_mds.{plot_format}", f"layers_maps.{plot_format}"]
+    names = [f"{stem}.json", f"{stem}.csv", f"{stem}_mds.{plot_format}", f"{stem}_maps.{plot_format}"]
+    files.text(names[0], dumps_json(doc))
+    files.text(names[1], rows_csv(LAYER_COLUMNS, rows))
+    plots.layers_mds(files.path_for(names[2]), doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})", plot_format)
+    plots.map_grid(files.path_for(names[3]), list(matrices.items()),
+                   f"trajectory maps per {doc['by']} ({_mode_text(doc)})", plot_format)
+    return names
+
+
+def write_layers(out: Path, doc: dict, matrices: dict[str, np.ndarray], plot_format: str = "png") -> list[Path]:
     with OutputSet(out) as files:
-        files.text(names[0], dumps_json(doc))
-        files.text(names[1], rows_csv(LAYER_COLUMNS, rows))
-        plots.layers_mds(files.path_for(names[2]), doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})", plot_format)
-        plots.map_grid(files.path_for(names[3]), list(matrices.items()),
-                       f"trajectory maps per {doc['by']} ({_mode_text(doc)})", plot_format)
+        names = add_layers(files, doc, matrices, plot_format)
     return [out / n for n in names]
 
 
@@ -199,21 +214,26 @@ QKV_COLUMNS = ["layer", "depth", "mds_q", "mds_k", "mds_v", "heterogeneity", "ma
                "n_params_q", "n_params_k", "n_params_v"]
 
 
-def write_qkv(out: Path, doc: dict, plot_format: str = "png") -> list[Path]:
+def add_qkv(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
     rows = [[e["layer"], e["depth"], e["q"]["mds"], e["k"]["mds"], e["v"]["mds"], e["heterogeneity"],
              e["map_distance"], e["q"]["n_params"], e["k"]["n_params"], e["v"]["n_params"]] for e in doc["layers"]]
     names = ["qkv.json", "qkv.csv", f"qkv_mds.{plot_format}", f"qkv_heterogeneity.{plot_format}"]
+    files.text(names[0], dumps_json(doc))
+    files.text(names[1], rows_csv(QKV_COLUMNS, rows))
+    plots.qkv_curves(files.path_for(names[2]), [("", doc)], plot_format)
+    plots.qkv_heterogeneity(files.path_for(names[3]), doc, plot_format)
+    if doc["per_head"]:
+        head_rows = [[e["layer"], part, h, v] for e in doc["layers"] for part in "qkv"
+                     for h, v in enumerate(e["heads"][part])]
+        files.text("qkv_heads.csv", rows_csv(["layer", "part", "head", "mds"], head_rows))
+        plots.qkv_heads(files.path_for(f"qkv_heads.{plot_format}"), doc, plot_format)
+        names += ["qkv_heads.csv", f"qkv_heads.{plot_format}"]
+    return names
+
+
+def write_qkv(out: Path, doc: dict, plot_format: str = "png") -> list[Path]:
     with OutputSet(out) as files:
-        files.text("qkv.json", dumps_json(doc))
-        files.text("qkv.csv", rows_csv(QKV_COLUMNS, rows))
-        plots.qkv_curves(files.path_for(names[2]), [("", doc)], plot_format)
-        plots.qkv_heterogeneity(files.path_for(names[3]), doc, plot_format)
-        if doc["per_head"]:
-            head_rows = [[e["layer"], part, h, v] for e in doc["layers"] for part in "qkv"
-                         for h, v in enumerate(e["heads"][part])]
-            files.text("qkv_heads.csv", rows_csv(["layer", "part", "head", "mds"], head_rows))
-            plots.qkv_heads(files.path_for(f"qkv_heads.{plot_format}"), doc, plot_format)
-            names += ["qkv_heads.csv", f"qkv_heads.{plot_format}"]
+        names = add_qkv(files, doc, plot_format)
     return [out / n for n in names]
 
 
@@ -278,9 +298,8 @@ def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format
             many = len(runs) > 1
             for name, doc in runs:
                 if schema == SIMILARITY_SCHEMA:
-                    mds = "undefined" if doc["mds"] is None else f"{doc['mds']:.4f}"
                     plots.trajectory_map(target("similarity", name, many), _as_matrix(doc["matrix"]), tick_labels(doc),
-                                         f"trajectory map ({_mode_text(doc)}) — MDS ω = {mds}", plot_format)
+                                         similarity_title(doc), plot_format)
                 elif schema == LAYERS_SCHEMA:
                     plots.layers_mds(target("layers_mds", name, many), doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})", plot_format)
                     plots.map_grid(target("layers_maps", name, many), [(g["name"], _as_matrix(g["matrix"])) for g in doc["groups"]],
@@ -295,3 +314,126 @@ def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format
             if many and schema == LAYERS_SCHEMA:
                 plots.layers_overlay(target("layers_overlay", "", False), runs, plot_format)
     return [out / n for n in written]
+
+
+# ---- trajcli report ------------------------------------------------------------------------------
+
+def _add_report_files(files: OutputSet, result: dict, plot_format: str) -> list[str]:
+    """Every analysis' files and plots, plus the trajectory PCA and the lengths-and-bends plot."""
+    sims = result["similarity"]
+    names: list[str] = []
+    for mode, (doc, matrix) in sims.items():
+        names += add_similarity(files, doc, matrix, plot_format, stem=f"similarity_{mode}")
+    for by in ("block", "role"):
+        doc, matrices = result[f"layers_{by}"]
+        names += add_layers(files, doc, matrices, plot_format, stem=f"layers_{by}")
+    if "qkv" in result:
+        names += add_qkv(files, result["qkv"], plot_format)
+    raw = sims["raw"][0]
+    if raw["pca"]:
+        names.append(f"pca.{plot_format}")
+        plots.trajectory_pca(files.path_for(names[-1]), raw["pca"]["coords"], [c["step"] for c in raw["checkpoints"]],
+                             raw["labels"], raw["pca"]["explained_variance_ratio"],
+                             "trajectory in its top two principal directions", plot_format)
+    names.append(f"path.{plot_format}")
+    plots.path_measures(files.path_for(names[-1]), sims["displacement"][0], plot_format)
+    return names
+
+
+def write_report(out: Path, result: dict, plot_format: str = "png") -> tuple[dict, list[Path]]:
+    """Every result file, the plots, report.json and the self-contained report.html, committed together.
+    The page embeds the PNG or SVG plots; with --format pdf it embeds PNG twins drawn for it alone."""
+    import tempfile
+
+    from trajcli.analysis import REPORT_SCHEMA
+    from trajcli.report import html
+
+    sims = result["similarity"]
+    raw_doc = sims["raw"][0]
+    head = result["headline"]
+    with OutputSet(out) as files:
+        written = _add_report_files(files, result, plot_format)
+        page_fmt = "png" if plot_format == "pdf" else plot_format
+        if plot_format == "pdf":
+            with tempfile.TemporaryDirectory() as tmp:
+                twin = OutputSet(Path(tmp))
+                page_names = _add_report_files(twin, result, "png")
+                images = {n.rsplit(".", 1)[0]: twin.written(n) for n in page_names if n.endswith(".png")}
+                twin.discard()
+        else:
+            images = {n.rsplit(".", 1)[0]: files.written(n) for n in written if n.endswith(f".{plot_format}")}
+
+        def fig(stem: str, alt: str, caption: str) -> tuple:
+            wide = stem in ("path", "qkv_heads") or stem.endswith("_maps")
+            return images[stem], page_fmt, alt, caption, wide
+
+        document = {"schema": REPORT_SCHEMA, "trajcli_version": __version__, "checkpoints": raw_doc["checkpoints"],
+                    "architecture": result["layers_role"][0]["architecture"], "headline": head,
+                    "warnings": result["warnings"], "files": sorted(written + ["report.json", "report.html"])}
+        files.text("report.json", dumps_json(document))
+        ref = sims["displacement"][0]["reference"]
+        caption = {"raw": "raw: θ_k", "displacement": f"displacement: θ_k − θ_{ref}", "update": "update: θ_k+1 − θ_k"}
+        sections = [
+            {"id": "maps", "title": "Trajectory maps", "explain": html.EXPLAIN["maps"],
+             "figures": [fig(f"similarity_{m}", f"{m} trajectory map", f"{caption[m]} — ω = {_fmt(sims[m][0]['mds'])}")
+                         for m in sims]},
+            {"id": "path", "title": "Path: principal directions, lengths and bends", "explain": html.EXPLAIN["path"],
+             "figures": ([fig("pca", "trajectory PCA", "checkpoints on the top two principal directions")]
+                         if "pca" in images else [])
+             + [fig("path", "lengths and bends", "norm, distance to the reference, step and turning angles")]},
+            {"id": "layers", "title": "Per block and per role (displacement)", "explain": html.EXPLAIN["layers"],
+             "figures": [fig(f"layers_{by}_{kind}", f"layers {by} {kind}",
+                             f"{'MDS along depth' if kind == 'mds' else 'trajectory maps'} per {by}")
+                         for by in ("block", "role") for kind in ("mds", "maps")]},
+        ]
+        if "qkv" in result:
+            qkv = result["qkv"]
+            figures = [fig("qkv_mds", "QKV along depth", "ω_Q, ω_K, ω_V against normalized depth"),
+                       fig("qkv_heterogeneity", "QKV heterogeneity", "heterogeneity and map distance per layer")]
+            if qkv["per_head"]:
+                figures.append(fig("qkv_heads", "QKV per head", "ω per attention head"))
+            sections.append({"id": "qkv", "title": f"Q/K/V heterogeneity ({qkv['architecture']}, displacement)",
+                             "explain": html.EXPLAIN["qkv"], "figures": figures, "table": html.qkv_table(qkv)})
+        span = f", steps {head['first_step']} … {head['last_step']}" if head["first_step"] is not None else ""
+        source = (f"{head['n_checkpoints']} checkpoints{span}, {human_count(head['n_params'])} parameters in "
+                  f"{head['n_tensors']} tensors")
+        files.text("report.html", html.build_page("trajcli report", source, headline_rows(head), sections,
+                                                  result["warnings"], document["files"]))
+    return document, [out / "report.html", out / "report.json"]
+
+
+def headline_rows(head: dict) -> list[tuple[str, str, str]]:
+    """(key, label, value) rows shared by the page and the stdout summary."""
+    rows = [
+        ("n_checkpoints", "checkpoints", str(head["n_checkpoints"])),
+        ("n_params", "parameters", f"{human_count(head['n_params'])} in {head['n_tensors']} tensors"),
+        ("mds_raw", "MDS ω, raw", _fmt(head["mds_raw"])),
+        ("mds_displacement", "MDS ω, displacement",
+         f"{_fmt(head['mds_displacement'])} (early {_fmt(head['mds_displacement_early'])}, late {_fmt(head['mds_displacement_late'])})"),
+        ("mds_update", "MDS ω, update", _fmt(head["mds_update"])),
+        ("path_length", "path length", _fmt(head["path_length"], ".5g")),
+        ("straightness", "straightness", _fmt(head["straightness"])),
+        ("cone_apex_angle_deg", "cone apex angle", f"{_fmt(head['cone_apex_angle_deg'], '.2f')}°"),
+        ("pca_explained_2d", "variance in the 2-D picture",
+         "—" if head["pca_explained_2d"] is None else f"{head['pca_explained_2d']:.1%}"),
+        ("effective_rank_displacement", "effective rank (displacement map)", _fmt(head["effective_rank_displacement"], ".2f")),
+    ]
+    if "qkv_heterogeneity_mean" in head:
+        rows.append(("qkv_heterogeneity", "Q/K/V heterogeneity (all / middle third)",
+                     f"{_fmt(head['qkv_heterogeneity_mean'])} / {_fmt(head['qkv_heterogeneity_middle_third'])}"))
+    if head["identical_pairs"]:
+        rows.append(("identical_pairs", "identical checkpoint pairs", str(head["identical_pairs"])))
+    return rows
+
+
+def print_report(document: dict, written: list[Path]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title="trajcli report", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for _, label, value in headline_rows(document["headline"]):
+        table.add_row(label, value)
+    console.print(table)
+    console.print(f"{len(document['files'])} files; open {written[0]}")

@@ -108,6 +108,13 @@ class OutputSet:
         """A temp path that a writer (e.g. matplotlib) fills; renamed to `name` on commit."""
         return self._temp(name)
 
+    def written(self, name: str) -> bytes:
+        """What has been written so far under `name` (before commit)."""
+        for tmp, final in self._pending:
+            if final.name == name:
+                return tmp.read_bytes()
+        raise KeyError(name)
+
     def commit(self) -> list[Path]:
         done = []
         for tmp, final in self._pending:

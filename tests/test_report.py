@@ -1,0 +1,130 @@
+"""`trajcli report`: every analysis from one pass, all files, and a page that renders in a browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from helpers import random_trajectory, run, run_json, save_safetensors_dir
+from test_qkv import write_trajectory
+from trajcli.io import sources
+
+EXPECTED = {"similarity_raw", "similarity_displacement", "similarity_update"}
+
+
+@pytest.fixture(scope="module")
+def neox_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    write_trajectory("gpt_neox", root / "run", n=6, seed=5)
+    result = run(["report", root / "run", "--out", root / "out"])
+    assert result.exit_code == 0, result.stderr
+    return root, result
+
+
+def test_report_writes_every_analysis(neox_report):
+    root, result = neox_report
+    out = root / "out"
+    names = {p.name for p in out.iterdir()}
+    for stem in EXPECTED:
+        assert {f"{stem}.json", f"{stem}.csv", f"{stem}.npy", f"{stem}.png"} <= names
+    assert {"layers_block.json", "layers_block.csv", "layers_block_mds.png", "layers_block_maps.png",
+            "layers_role.json", "layers_role_mds.png", "qkv.json", "qkv.csv", "qkv_mds.png", "qkv_heterogeneity.png",
+            "qkv_heads.png", "qkv_heads.csv", "pca.png", "path.png", "report.json", "report.html", "grams.npz"} <= names
+    document = json.loads((out / "report.json").read_text())
+    assert document["schema"] == "trajcli.report/1"
+    assert set(document["files"]) == names - {"grams.npz"}
+    assert "MDS ω, displacement" in result.stdout and "report.html" in result.stdout
+
+
+def test_report_numbers_equal_the_single_commands(neox_report):
+    root, _ = neox_report
+    out, run_dir = root / "out", root / "run"
+    head = json.loads((out / "report.json").read_text())["headline"]
+    for mode in ("raw", "displacement", "update"):
+        alone = run_json(["similarity", run_dir, "--mode", mode])
+        saved = json.loads((out / f"similarity_{mode}.json").read_text())
+        np.testing.assert_allclose(np.array(saved["matrix"], float), np.array(alone["matrix"], float), atol=1e-12)
+        assert head[f"mds_{mode}"] == pytest.approx(alone["mds"], abs=1e-12)
+    qkv_alone = run_json(["qkv", run_dir, "--per-head"])
+    qkv_saved = json.loads((out / "qkv.json").read_text())
+    for a, b in zip(qkv_alone["layers"], qkv_saved["layers"]):
+        assert a["heads"] == pytest.approx(b["heads"], abs=1e-12)
+        assert a["heterogeneity"] == pytest.approx(b["heterogeneity"], abs=1e-12)
+    role_alone = run_json(["layers", run_dir, "--by", "role", "--mode", "displacement"])
+    role_saved = json.loads((out / "layers_role.json").read_text())
+    assert [g["name"] for g in role_alone["groups"]] == [g["name"] for g in role_saved["groups"]]
+    for a, b in zip(role_alone["groups"], role_saved["groups"]):
+        assert a["mds"] == pytest.approx(b["mds"], abs=1e-12)
+
+
+def test_report_reads_each_byte_once(tmp_path, monkeypatch):
+    saved, _ = write_trajectory("llama", tmp_path / "run", n=4)
+    elems = []
+    original = sources.CheckpointReader.read_into
+    monkeypatch.setattr(sources.CheckpointReader, "read_into",
+                        lambda self, *a: (elems.append(a[3].size), original(self, *a))[1])
+    assert run(["report", tmp_path / "run", "--out", tmp_path / "out", "--quiet"]).exit_code == 0
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "run" / "step0" / "model.safetensors"))
+    assert sum(elems) == 4 * sum(t.numel() for t in stored.values())
+
+
+def test_page_is_self_contained_with_headline_numbers(neox_report):
+    root, _ = neox_report
+    page = (root / "out" / "report.html").read_text()
+    head = json.loads((root / "out" / "report.json").read_text())["headline"]
+    sources_ = re.findall(r'<img src="([^"]{0,40})', page)
+    assert len(sources_) >= 10 and all(s.startswith("data:image/png;base64,") for s in sources_)
+    assert "http://" not in page and "https://" not in page
+    assert f"{head['mds_raw']:.4f}" in page and f"{head['mds_update']:.4f}" in page
+
+
+def test_report_without_a_known_architecture(tmp_path):
+    for k, sd in enumerate(random_trajectory(4, seed=12)):
+        save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
+    result = run(["report", tmp_path / "run", "--out", tmp_path / "out", "--format", "svg"])
+    assert result.exit_code == 0, result.stderr
+    assert "Q/K/V left out" in result.stderr
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert "qkv.json" not in names and "similarity_raw.svg" in names and "pca.svg" in names
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "data:image/svg+xml;base64," in page
+
+
+def test_report_pdf_plots_and_png_page(tmp_path):
+    write_trajectory("gpt2", tmp_path / "run", n=3)
+    result = run(["report", tmp_path / "run", "--out", tmp_path / "out", "--format", "pdf", "--quiet"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "out" / "qkv_mds.pdf").read_bytes()[:5] == b"%PDF-"
+    assert not any(p.suffix == ".png" for p in (tmp_path / "out").iterdir())
+    assert "data:image/png;base64," in (tmp_path / "out" / "report.html").read_text()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (.ci/run installs Debian's chromium)")
+def test_page_renders_in_headless_chromium(neox_report, tmp_path):
+    root, _ = neox_report
+    page = root / "out" / "report.html"
+    proc = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    total = re.search(r'data-images-total="(\d+)"', dom)
+    loaded = re.search(r'data-images-loaded="(\d+)"', dom)
+    assert total and loaded, dom[:500]
+    assert int(total.group(1)) >= 10 and loaded.group(1) == total.group(1)
+    assert '<div class="broken">' not in dom
+    head = json.loads((root / "out" / "report.json").read_text())["headline"]
+    assert f"{head['mds_displacement']:.4f}" in dom and "Q/K/V heterogeneity" in dom

@@ -1,0 +1,115 @@
+"""Saved Grams (grams.npz): reused by later commands on the same trajectory, never when stale; the
+torch products path (used for --device cuda) equals the numpy one."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from helpers import random_trajectory, run, run_json, save_safetensors_dir
+from test_qkv import write_trajectory
+from trajcli.engine import gram
+from trajcli.io import sources
+from trajcli.io.discover import discover_checkpoints
+from trajcli.io.inventory import Selection, take_inventory
+
+
+@pytest.fixture
+def count_reads(monkeypatch):
+    calls = []
+    original = sources.CheckpointReader.read_into
+
+    def counting(self, *args):
+        calls.append(args[0])
+        return original(self, *args)
+
+    monkeypatch.setattr(sources.CheckpointReader, "read_into", counting)
+    return calls
+
+
+def test_later_commands_reuse_the_saved_grams(tmp_path, count_reads):
+    write_trajectory("llama", tmp_path / "run")
+    out = tmp_path / "out"
+    first = run_json(["qkv", tmp_path / "run", "--per-head", "--out", out])
+    assert count_reads and (out / "grams.npz").exists()
+    count_reads.clear()
+    # heads -> parts, parts -> tensors, tensors -> blocks: all derived from the saved per-head Grams
+    for args in (["qkv"], ["similarity", "--mode", "update"], ["layers", "--by", "block"], ["layers", "--by", "role"]):
+        result = run([args[0], tmp_path / "run", *args[1:], "--out", out, "--json"])
+        assert result.exit_code == 0, result.stderr
+        assert "reusing the Grams saved" in result.stderr
+    assert count_reads == []
+    again = run_json(["qkv", tmp_path / "run", "--out", out])
+    fresh = run_json(["qkv", tmp_path / "run"])  # no --out: reads the checkpoints
+    for a, b, c in zip(again["layers"], fresh["layers"], first["layers"]):
+        for part in "qkv":
+            np.testing.assert_allclose(np.array(a[part]["matrix"], float), np.array(b[part]["matrix"], float), atol=1e-12)
+            assert a[part]["mds"] == pytest.approx(c[part]["mds"], abs=1e-12)
+
+
+def test_a_coarser_saved_cut_is_read_again(tmp_path, count_reads):
+    write_trajectory("gpt_neox", tmp_path / "run")
+    out = tmp_path / "out"
+    run_json(["similarity", tmp_path / "run", "--out", out])
+    count_reads.clear()
+    result = run(["qkv", tmp_path / "run", "--out", out, "--json"])  # parts cannot come from whole tensors
+    assert result.exit_code == 0 and "reusing" not in result.stderr and count_reads
+    count_reads.clear()
+    run_json(["similarity", tmp_path / "run", "--out", out, "--mode", "displacement"])  # now parts -> whole
+    assert count_reads == []
+
+
+def test_changed_checkpoints_or_selection_are_read_again(tmp_path, count_reads):
+    sds = random_trajectory(4, seed=8)
+    for k, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
+    out = tmp_path / "out"
+    run_json(["similarity", tmp_path / "run", "--out", out])
+    count_reads.clear()
+    run_json(["similarity", tmp_path / "run", "--out", out, "--every", "2"])  # other checkpoints
+    assert count_reads
+    count_reads.clear()
+    run_json(["similarity", tmp_path / "run", "--out", out, "--exclude", "bias"])  # other tensors
+    assert count_reads
+    run_json(["similarity", tmp_path / "run", "--out", out])
+    count_reads.clear()
+    save_safetensors_dir(tmp_path / "run" / "step3", sds[0])  # rewritten: new size/mtime
+    os.utime(tmp_path / "run" / "step3" / "model.safetensors", ns=(1, 1))
+    doc = run_json(["similarity", tmp_path / "run", "--out", out])
+    assert count_reads and doc["identical"] == [["step0", "step3"]]
+    count_reads.clear()
+    run_json(["similarity", tmp_path / "run", "--out", out, "--recompute"])
+    assert count_reads
+
+
+def test_torch_products_equal_numpy_products(tmp_path, monkeypatch):
+    write_trajectory("gpt2", tmp_path / "run")  # Conv1D columns exercise the copying slice path
+    from trajcli.arch.families import family_by_name
+    from trajcli.arch.grouping import plan_qkv
+    from trajcli.arch.layouts import HeadCounts
+
+    inv = take_inventory(discover_checkpoints([str(tmp_path / "run")]), Selection())
+    try:
+        plan, _ = plan_qkv(inv.tensors, family_by_name("gpt2"), HeadCounts(4, 4, 4, "test"), per_head=True, include_bias=True)
+        by_numpy = gram.accumulate(inv, 1 << 20, segments=plan.segments)
+        monkeypatch.setattr(gram, "_products_for", lambda device, n: gram._TorchProducts("cpu"))
+        by_torch = gram.accumulate(inv, 1 << 20, segments=plan.segments, device="cuda")
+    finally:
+        inv.close()
+    assert by_numpy.basis.keys() == by_torch.basis.keys()
+    for leaf in by_numpy.basis:
+        np.testing.assert_allclose(by_torch.basis[leaf], by_numpy.basis[leaf], rtol=1e-12, atol=1e-12)
+
+
+def test_cuda_without_a_device_is_a_usage_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present; this checks the message on machines without one")
+    for k, sd in enumerate(random_trajectory(2)):
+        save_safetensors_dir(tmp_path / f"s{k}", sd)
+    result = run(["similarity", tmp_path, "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA device" in result.stderr
+    assert run(["similarity", tmp_path, "--device", "auto", "--json"]).exit_code == 0

@@ -1,0 +1,132 @@
+"""The Gram set on disk (`grams.npz` in an output folder), and its reuse by later commands.
+
+The file records where its Grams came from — every weight file's resolved path, size and mtime, the
+analysed tensors and how each was cut into leaves — so a later command on the same trajectory can
+answer from it without reading a checkpoint. A saved cut that refines the requested one (heads ->
+parts -> whole tensors) is summed up; anything else is read again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from trajcli import __version__
+from trajcli.arch.grouping import Segment
+from trajcli.engine.gram import GramSet
+from trajcli.io.inventory import Inventory
+
+GRAMS_FILE = "grams.npz"
+STORE_FORMAT = 1
+
+
+def identities(inv: Inventory) -> list[dict]:
+    """What the Grams depend on: each checkpoint's weight files, as found now."""
+    out = []
+    for ckpt in inv.checkpoints:
+        files = []
+        for f in ckpt.files:
+            stat = f.stat()
+            files.append([str(f.resolve()), stat.st_size, stat.st_mtime_ns])
+        out.append({"name": ckpt.name, "files": files})
+    return out
+
+
+def _whole(spec_rows: int, name: str) -> Segment:
+    return Segment(0, ((0, spec_rows, name),))
+
+
+def _segment_json(segment: Segment) -> dict:
+    return {"axis": segment.axis, "ranges": [list(r) for r in segment.ranges]}
+
+
+def save_grams(path: Path, inv: Inventory, grams: GramSet, segments: dict[str, Segment]) -> None:
+    """Write the Gram set atomically (temp file + rename)."""
+    from trajcli.report.writers import OutputSet
+
+    leaves = list(grams.basis)
+    meta = {
+        "format": STORE_FORMAT,
+        "trajcli_version": __version__,
+        "labels": grams.labels,
+        "identities": identities(inv),
+        "tensors": [{"name": t.name, "shape": list(t.shape)} for t in inv.tensors],
+        "segments": {t.name: _segment_json(segments.get(t.name) or _whole(t.n_rows, t.name)) for t in inv.tensors},
+        "leaves": leaves,
+        "tensor_of": grams.tensor_of,
+        "n_params": grams.n_params,
+        "nonfinite": {t: {str(k): c for k, c in v.items()} for t, v in grams.nonfinite.items()},
+    }
+    with OutputSet(path.parent) as files:
+        with open(files.path_for(path.name), "wb") as f:
+            np.savez(f, basis=np.stack([grams.basis[leaf] for leaf in leaves]) if leaves else np.zeros((0, 0, 0)),
+                     meta=np.array(json.dumps(meta)))
+
+
+def _owners(segment: Segment, length: int) -> list[str | None]:
+    owner: list[str | None] = [None] * length
+    for start, stop, leaf in segment.ranges:
+        for i in range(start, min(stop, length)):
+            owner[i] = leaf
+    return owner
+
+
+def _derive(saved: Segment, wanted: Segment, length: int) -> dict[str, list[str]] | None:
+    """wanted leaf -> the saved leaves that sum to it, when the saved cut refines the wanted one."""
+    if saved == wanted:
+        return {leaf: [leaf] for _, _, leaf in wanted.ranges}
+    if len(wanted.ranges) == 1 and wanted.ranges[0][:2] == (0, length) and len(saved.ranges) >= 1:
+        # the whole tensor: every saved leaf of it (they partition the tensor, whatever the axis)
+        return {wanted.ranges[0][2]: list(dict.fromkeys(leaf for _, _, leaf in saved.ranges))}
+    if saved.axis != wanted.axis:
+        return None
+    saved_owner, wanted_owner = _owners(saved, length), _owners(wanted, length)
+    mapping: dict[str, str] = {}
+    for s_leaf, w_leaf in zip(saved_owner, wanted_owner):
+        if s_leaf is None or w_leaf is None or mapping.setdefault(s_leaf, w_leaf) != w_leaf:
+            return None
+    out: dict[str, list[str]] = {}
+    for s_leaf, w_leaf in mapping.items():
+        out.setdefault(w_leaf, []).append(s_leaf)
+    return out
+
+
+def load_grams(path: Path, inv: Inventory, segments: dict[str, Segment]) -> GramSet | None:
+    """The Gram set for this trajectory and cut from `path`, or None when it cannot serve."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            basis = data["basis"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if meta.get("format") != STORE_FORMAT or meta.get("identities") != identities(inv):
+        return None
+    if meta["tensors"] != [{"name": t.name, "shape": list(t.shape)} for t in inv.tensors]:
+        return None
+    saved = GramSet(list(meta["labels"]), dict(zip(meta["leaves"], basis)), dict(meta["n_params"]),
+                    dict(meta["tensor_of"]),
+                    {t: {int(k): c for k, c in v.items()} for t, v in meta["nonfinite"].items()})
+    have = {name: Segment(raw["axis"], tuple((a, b, leaf) for a, b, leaf in raw["ranges"]))
+            for name, raw in meta["segments"].items()}
+    return derive_gramset(saved, have, segments, inv.tensors)
+
+
+def derive_gramset(grams: GramSet, have: dict[str, Segment], want: dict[str, Segment], tensors) -> GramSet | None:
+    """The Gram set for the cut `want`, summed from one computed with the cut `have`; None when
+    `have` does not refine `want` for some tensor."""
+    out = GramSet(list(grams.labels), nonfinite=dict(grams.nonfinite))
+    for t in tensors:
+        saved_segment = have.get(t.name) or _whole(t.n_rows, t.name)
+        wanted = want.get(t.name) or _whole(t.n_rows, t.name)
+        derived = _derive(saved_segment, wanted, t.shape[wanted.axis] if t.shape else 1)
+        if derived is None:
+            return None
+        for leaf, parts in derived.items():
+            out.basis[leaf] = sum(grams.basis[p] for p in parts)
+            out.n_params[leaf] = sum(grams.n_params[p] for p in parts)
+            out.tensor_of[leaf] = t.name
+    return out
