@@ -245,9 +245,14 @@ def _read_chunk(inv: Inventory, chunk: _Chunk, x: np.ndarray, pool: ThreadPoolEx
 
 
 def _difference_in_place(x: np.ndarray) -> None:
-    """Rows θ_0 … θ_{N−1} become the basis b_0 = θ_0, b_k = θ_k − θ_{k−1} (to float64 rounding)."""
+    """Rows θ_0 … θ_{N−1} become the basis b_0 = θ_0, b_k = θ_k − θ_{k−1} (to float64 rounding).
+    Last row first, so each subtraction still sees the original previous row; torch's kernel uses
+    every core for the large rows."""
+    import torch
+
+    t = torch.from_numpy(x)
     for k in range(x.shape[0] - 1, 0, -1):
-        np.subtract(x[k], x[k - 1], out=x[k])
+        t[k].sub_(t[k - 1])
 
 
 def itemsize(dtype: str) -> int:

@@ -16,6 +16,11 @@ def _pyplot():
     return plt
 
 
+def prepare() -> None:
+    """Import matplotlib (Agg) now: plotting processes forked later share it instead of each importing it."""
+    _pyplot()
+
+
 def _tick_positions(n: int, max_ticks: int = 20) -> list[int]:
     if n <= max_ticks:
         return list(range(n))

@@ -124,7 +124,7 @@ def add_similarity(files: OutputSet, doc: dict, matrix: np.ndarray, plot_format:
     files.text(names[0], dumps_json(doc))
     files.text(names[1], matrix_csv(doc["labels"], matrix))
     files.npy(names[2], matrix)
-    plots.trajectory_map(files.path_for(names[3]), matrix, tick_labels(doc), similarity_title(doc), plot_format)
+    files.draw(names[3], plots.trajectory_map, matrix, tick_labels(doc), similarity_title(doc), plot_format)
     return names
 
 
@@ -180,9 +180,9 @@ def add_layers(files: OutputSet, doc: dict, matrices: dict[str, np.ndarray], plo
     names = [f"{stem}.json", f"{stem}.csv", f"{stem}_mds.{plot_format}", f"{stem}_maps.{plot_format}"]
     files.text(names[0], dumps_json(doc))
     files.text(names[1], rows_csv(LAYER_COLUMNS, rows))
-    plots.layers_mds(files.path_for(names[2]), doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})", plot_format)
-    plots.map_grid(files.path_for(names[3]), list(matrices.items()),
-                   f"trajectory maps per {doc['by']} ({_mode_text(doc)})", plot_format)
+    files.draw(names[2], plots.layers_mds, doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})", plot_format)
+    files.draw(names[3], plots.map_grid, list(matrices.items()), f"trajectory maps per {doc['by']} ({_mode_text(doc)})",
+               plot_format)
     return names
 
 
@@ -220,13 +220,13 @@ def add_qkv(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
     names = ["qkv.json", "qkv.csv", f"qkv_mds.{plot_format}", f"qkv_heterogeneity.{plot_format}"]
     files.text(names[0], dumps_json(doc))
     files.text(names[1], rows_csv(QKV_COLUMNS, rows))
-    plots.qkv_curves(files.path_for(names[2]), [("", doc)], plot_format)
-    plots.qkv_heterogeneity(files.path_for(names[3]), doc, plot_format)
+    files.draw(names[2], plots.qkv_curves, [("", doc)], plot_format)
+    files.draw(names[3], plots.qkv_heterogeneity, doc, plot_format)
     if doc["per_head"]:
         head_rows = [[e["layer"], part, h, v] for e in doc["layers"] for part in "qkv"
                      for h, v in enumerate(e["heads"][part])]
         files.text("qkv_heads.csv", rows_csv(["layer", "part", "head", "mds"], head_rows))
-        plots.qkv_heads(files.path_for(f"qkv_heads.{plot_format}"), doc, plot_format)
+        files.draw(f"qkv_heads.{plot_format}", plots.qkv_heads, doc, plot_format)
         names += ["qkv_heads.csv", f"qkv_heads.{plot_format}"]
     return names
 
@@ -332,11 +332,11 @@ def _add_report_files(files: OutputSet, result: dict, plot_format: str) -> list[
     raw = sims["raw"][0]
     if raw["pca"]:
         names.append(f"pca.{plot_format}")
-        plots.trajectory_pca(files.path_for(names[-1]), raw["pca"]["coords"], [c["step"] for c in raw["checkpoints"]],
-                             raw["labels"], raw["pca"]["explained_variance_ratio"],
-                             "trajectory in its top two principal directions", plot_format)
+        files.draw(names[-1], plots.trajectory_pca, raw["pca"]["coords"], [c["step"] for c in raw["checkpoints"]],
+                   raw["labels"], raw["pca"]["explained_variance_ratio"], "trajectory in its top two principal directions",
+                   plot_format)
     names.append(f"path.{plot_format}")
-    plots.path_measures(files.path_for(names[-1]), sims["displacement"][0], plot_format)
+    files.draw(names[-1], plots.path_measures, sims["displacement"][0], plot_format)
     return names
 
 
@@ -351,12 +351,13 @@ def write_report(out: Path, result: dict, plot_format: str = "png") -> tuple[dic
     sims = result["similarity"]
     raw_doc = sims["raw"][0]
     head = result["headline"]
-    with OutputSet(out) as files:
+    plots.prepare()  # import matplotlib once, before plotting processes fork
+    with OutputSet(out, defer_drawing=True) as files:
         written = _add_report_files(files, result, plot_format)
         page_fmt = "png" if plot_format == "pdf" else plot_format
         if plot_format == "pdf":
             with tempfile.TemporaryDirectory() as tmp:
-                twin = OutputSet(Path(tmp))
+                twin = OutputSet(Path(tmp), defer_drawing=True)
                 page_names = _add_report_files(twin, result, "png")
                 images = {n.rsplit(".", 1)[0]: twin.written(n) for n in page_names if n.endswith(".png")}
                 twin.discard()

@@ -76,6 +76,43 @@ def prepare_out_dir(out: Path, input_paths: list[Path]) -> Path:
     return out
 
 
+def run_jobs(jobs: list[tuple], workers: int = 2) -> None:
+    """Run plotting jobs (fn, args); with several jobs and fork available, a forked child draws every
+    other one while this process draws the rest (matplotlib is not thread-safe; a fork shares the
+    data without pickling it). A failed child fails the whole set."""
+    if len(jobs) < 4 or workers < 2 or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+        for fn, args in jobs:
+            fn(*args)
+        return
+    import sys
+    import traceback
+
+    mine, theirs = jobs[0::2], jobs[1::2]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: draw, then leave without running the parent's exit handlers
+        code = 0
+        try:
+            for fn, args in theirs:
+                fn(*args)
+        except BaseException:  # noqa: BLE001 - reported by the parent through the exit status
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    try:
+        for fn, args in mine:
+            fn(*args)
+    except BaseException:
+        os.kill(pid, 15)
+        os.waitpid(pid, 0)
+        raise
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise RuntimeError(f"a plotting process failed (status {status})")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -86,9 +123,11 @@ class OutputSet:
     """Files to write together: each goes to a hidden temp file first and all are renamed at the end,
     so an error or an interruption leaves the folder as it was (no half-written results)."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, defer_drawing: bool = False):
         self.out = out
         self._pending: list[tuple[Path, Path]] = []
+        self._defer = defer_drawing
+        self._jobs: list[tuple] = []
 
     def _temp(self, name: str) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out)
@@ -108,14 +147,29 @@ class OutputSet:
         """A temp path that a writer (e.g. matplotlib) fills; renamed to `name` on commit."""
         return self._temp(name)
 
+    def draw(self, name: str, plot, *args) -> None:
+        """`plot(path, *args)` into `name`; deferred (and then drawn in parallel) with defer_drawing."""
+        path = self._temp(name)
+        if self._defer:
+            self._jobs.append((plot, (path, *args)))
+        else:
+            plot(path, *args)
+
+    def flush(self) -> None:
+        """Draw every deferred plot."""
+        jobs, self._jobs = self._jobs, []
+        run_jobs(jobs)
+
     def written(self, name: str) -> bytes:
         """What has been written so far under `name` (before commit)."""
+        self.flush()
         for tmp, final in self._pending:
             if final.name == name:
                 return tmp.read_bytes()
         raise KeyError(name)
 
     def commit(self) -> list[Path]:
+        self.flush()
         done = []
         for tmp, final in self._pending:
             os.replace(tmp, final)
@@ -124,6 +178,7 @@ class OutputSet:
         return done
 
     def discard(self) -> None:
+        self._jobs.clear()
         for tmp, _ in self._pending:
             tmp.unlink(missing_ok=True)
         self._pending.clear()
