@@ -78,22 +78,21 @@ def _forward_logits(model):
 
 
 def transformers_models():
-    """name -> (builder returning (model, forward), head counts used, config dict for detection)."""
+    """name -> (builder returning (model, forward), (num_heads, num_kv_heads))."""
     import transformers as T
 
-    def causal(cls, cfg):
+    def built(cls, cfg, output: str):
         def build():
             torch.manual_seed(0)
             model = cls(cfg).eval()
-            return model, (lambda x: model(x).logits)
+            return model, (lambda x: getattr(model(x), output))
         return build
 
+    def causal(cls, cfg):
+        return built(cls, cfg, "logits")
+
     def encoder(cls, cfg):
-        def build():
-            torch.manual_seed(0)
-            model = cls(cfg).eval()
-            return model, (lambda x: model(x).last_hidden_state)
-        return build
+        return built(cls, cfg, "last_hidden_state")
 
     common = dict(vocab_size=32)
     return {

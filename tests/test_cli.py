@@ -104,6 +104,10 @@ def test_version_and_help_are_light():
 
 
 def test_every_command_has_examples_in_help():
-    for command in ("inspect", "similarity"):
+    from trajcli.cli import app
+
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert set(commands) >= {"inspect", "similarity", "layers", "qkv", "report", "archs", "plot", "demo"}
+    for command in commands:
         result = run([command, "--help"])
-        assert result.exit_code == 0 and "trajcli " + command in result.stdout
+        assert result.exit_code == 0 and "Example" in result.stdout and f"trajcli {command}" in result.stdout, command

@@ -132,3 +132,22 @@ def test_memory_follows_the_budget_not_the_model(tmp_path):
     assert peak <= budget
     basis, _ = grams.whole()
     np.testing.assert_allclose(basis, _explicit_basis(sds), rtol=1e-12)
+
+
+@pytest.mark.parametrize("read_threads", [1, 2])
+def test_overlapped_reading_equals_reading_in_place(tmp_path, read_threads):
+    sds = random_trajectory(5, seed=13)
+    bad = {k: v.clone() for k, v in sds[3].items()}
+    bad["embed.weight"][2, 1] = float("nan")
+    sds[3] = bad
+    for j, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / f"step{j}", sd)
+    inv = take_inventory(discover_checkpoints([str(tmp_path)]), Selection())
+    try:
+        alone = accumulate(inv, 1 << 14, read_threads=0)
+        overlapped = accumulate(inv, 1 << 14, read_threads=read_threads)
+    finally:
+        inv.close()
+    assert overlapped.nonfinite == alone.nonfinite == {"embed.weight": {3: 1}}
+    for leaf in alone.basis:
+        np.testing.assert_array_equal(overlapped.basis[leaf], alone.basis[leaf])

@@ -228,7 +228,7 @@ def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, devic
     or, when --out holds Grams saved from these very checkpoints, no pass at all.
 
     Returns (inventory, Gram set, output folder or None, what `plan_for` returned)."""
-    from trajcli.engine.budget import parse_budget
+    from trajcli.engine.budget import available_memory_bytes, parse_budget
     from trajcli.engine.gram import resolve_device
     from trajcli.engine.store import GRAMS_FILE, load_grams, save_grams
     from trajcli.pipeline import load_inventory, read_trajectory
@@ -236,6 +236,9 @@ def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, devic
 
     _check_choice(device, "--device", ("auto", "cpu", "cuda"))
     budget = parse_budget(memory_budget)
+    available = available_memory_bytes()
+    if memory_budget is not None and available and budget > available // 2 and not quiet:
+        warn(f"--memory-budget {memory_budget} is more than half of the {available >> 20} MiB available now")
     inv = load_inventory(paths, selection)
     try:
         out_dir = render.prepare_out(out, inv) if out is not None else None

@@ -11,7 +11,8 @@ product per chunk serves all three modes, any reference and any grouping of tens
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,7 +23,6 @@ from trajcli.errors import UsageError
 from trajcli.io.inventory import Inventory, TensorSpec
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024 * 1024
-READ_THREADS = 2  # checkpoints of one chunk read side by side (copying and converting is CPU work)
 _PARALLEL_MIN_ELEMS = 1 << 15  # below this a chunk is read in the reader thread alone
 
 
@@ -57,8 +57,8 @@ class GramSet:
 
 
 def chunk_elems_for(n_checkpoints: int, memory_budget_bytes: int) -> int:
-    """Elements per checkpoint in one chunk. Two (N, chunk) float64 buffers (one being read while the
-    other is multiplied) take half the budget; the rest covers per-checkpoint reads and products."""
+    """Elements per checkpoint in one chunk. Up to two (N, chunk) float64 buffers (one being read
+    while the other is multiplied) take half the budget; the rest covers reads and products."""
     return max(1, memory_budget_bytes // (4 * 8 * n_checkpoints))
 
 
@@ -88,47 +88,71 @@ def _plan_chunks(inv: Inventory, segments: dict[str, Segment], chunk_elems: int)
     return chunks
 
 
+def default_read_threads() -> int:
+    """TRAJCLI_READ_THREADS when set; else 0 (read in the main thread, no overlap) on machines with
+    two cores or fewer, where overlapping measured slower, warm or cold cache (memory bandwidth, not
+    latency, bounds the pass there); else 2."""
+    value = os.environ.get("TRAJCLI_READ_THREADS", "")
+    if value.isdigit():
+        return int(value)
+    return 0 if (os.cpu_count() or 1) <= 2 else 2
+
+
+def _chunk_stream(inv: Inventory, chunks: list[_Chunk], n: int, capacity: int, read_threads: int) -> Iterator:
+    """(chunk, differenced rows) in order. With read_threads > 0 a background thread prepares the next
+    chunk in a second buffer (its checkpoints read by `read_threads` threads) while the caller
+    multiplies the current one; with 0 everything happens here, in one buffer."""
+
+    def prepare(chunk: _Chunk, buffer: np.ndarray, readers) -> np.ndarray:
+        x = buffer[: n * chunk.n_elems].reshape(n, chunk.n_elems)  # (n_ckpt, chunk_elems), contiguous
+        _read_chunk(inv, chunk, x, readers)
+        _difference_in_place(x)
+        return x
+
+    if read_threads <= 0:
+        buffer = np.empty(n * capacity)
+        for chunk in chunks:
+            yield chunk, prepare(chunk, buffer, None)
+        return
+    buffers = [np.empty(n * capacity), np.empty(n * capacity)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trajcli-chunk") as pool, \
+            ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="trajcli-read") as readers:
+        pending = pool.submit(prepare, chunks[0], buffers[0], readers) if chunks else None
+        for i, chunk in enumerate(chunks):
+            x = pending.result()
+            if i + 1 < len(chunks):
+                pending = pool.submit(prepare, chunks[i + 1], buffers[(i + 1) % 2], readers)
+            yield chunk, x
+
+
 def accumulate(
     inv: Inventory,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     on_bytes: Callable[[int], None] | None = None,
     segments: dict[str, Segment] | None = None,
     device: str = "cpu",
+    read_threads: int | None = None,
 ) -> GramSet:
     """Read every analysed tensor once, in row chunks, and return the per-leaf basis Grams.
 
-    A background thread reads and differences the next chunk into one buffer while the products of
-    the current chunk run on the other (numpy's BLAS on the CPU, or torch on `device`)."""
+    Products run with numpy's BLAS on the CPU, or with torch on `device`; reading overlaps them when
+    `read_threads` > 0 (default: `default_read_threads()`)."""
     n = len(inv.checkpoints)
     segments = segments or {}
-    chunk_elems = chunk_elems_for(n, memory_budget_bytes)
-    chunks = _plan_chunks(inv, segments, chunk_elems)
+    chunks = _plan_chunks(inv, segments, chunk_elems_for(n, memory_budget_bytes))
     capacity = max((c.n_elems for c in chunks), default=1)
-    buffers = [np.empty(n * capacity), np.empty(n * capacity)]
     products = _products_for(device, n)
     grams = GramSet([c.name for c in inv.checkpoints])
     sums: dict[str, object] = {}
-
-    def prepare(chunk: _Chunk, buffer: np.ndarray) -> np.ndarray:
-        x = buffer[: n * chunk.n_elems].reshape(n, chunk.n_elems)  # (n_ckpt, chunk_elems), contiguous
-        _read_chunk(inv, chunk, x, readers)
-        _difference_in_place(x)
-        return x
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trajcli-chunk") as pool, \
-            ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="trajcli-read") as readers:
-        pending = pool.submit(prepare, chunks[0], buffers[0]) if chunks else None
-        for i, chunk in enumerate(chunks):
-            x = pending.result()
-            if i + 1 < len(chunks):
-                pending = pool.submit(prepare, chunks[i + 1], buffers[(i + 1) % 2])
-            parts = products(x, chunk)
-            if not products.finite(parts):
-                parts = _products_without_nonfinite(inv, chunk, x, products, grams)
-            for leaf, part in parts.items():
-                sums[leaf] = sums[leaf] + part if leaf in sums else part
-            if on_bytes is not None:
-                on_bytes(sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype) for r in inv.readers))
+    threads = default_read_threads() if read_threads is None else read_threads
+    for chunk, x in _chunk_stream(inv, chunks, n, capacity, threads):
+        parts = products(x, chunk)
+        if not products.finite(parts):
+            parts = _products_without_nonfinite(inv, chunk, x, products, grams)
+        for leaf, part in parts.items():
+            sums[leaf] = sums[leaf] + part if leaf in sums else part
+        if on_bytes is not None:
+            on_bytes(sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype) for r in inv.readers))
     for spec in inv.tensors:
         segment = segments.get(spec.name) or Segment(0, ((0, spec.n_rows, spec.name),))
         per_index = spec.numel // (spec.shape[segment.axis] if spec.shape else 1)

@@ -110,7 +110,8 @@ class SafetensorsReader(CheckpointReader):
             _check_not_lfs(path)
             try:
                 handle = safe_open(str(path), framework="pt")
-                keys = list(handle.keys())
+                offsets = _data_offsets(path)
+                keys = sorted(handle.keys(), key=lambda k: offsets.get(k, 0))  # on-disk order: sequential reads
                 headers = [(k, handle.get_slice(k)) for k in keys]
                 for key, sl in headers:
                     dtype = sl.get_dtype()
@@ -134,6 +135,18 @@ class SafetensorsReader(CheckpointReader):
                 f"cannot read tensor {info.stored_name} from {self.checkpoint.files[info.file_idx]}: {_one_line(exc)}",
                 "the file is truncated or damaged; re-create or re-download it",
             ) from None
+
+
+def _data_offsets(path: Path) -> dict[str, int]:
+    """Where each tensor's bytes start, from the header safe_open has just validated (8-byte length,
+    then JSON); safe_open lists names alphabetically, the pass reads them in this order instead."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    return {k: v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
 
 
 def _check_index(ckpt: Checkpoint, found_in: dict[str, int]) -> None:
