@@ -96,6 +96,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one strict JSON doc
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write result files into this folder (created if needed).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings on stderr.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 when weights hold NaN/Inf values.")]
+def _import_plotting_in_background() -> None:
+    """matplotlib takes about half a second to import; a thread does it while the pass reads."""
+    import threading
+
+    from trajcli.report import plots
+
+    threading.Thread(target=plots.prepare, name="trajcli-import-matplotlib", daemon=True).start()
+
+
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture family (see 'trajcli archs') [default: detected].")]
 HeadsOpt = Annotated[Optional[int], typer.Option("--num-heads", min=1, help="Query heads [default: from config.json / model_args].")]
 KvHeadsOpt = Annotated[Optional[int], typer.Option("--num-kv-heads", min=1, help="Key/value heads (grouped-query attention) [default: from config, else = heads].")]
@@ -428,6 +437,7 @@ def report(
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
     head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
+    _import_plotting_in_background()
     inv, grams, out_dir, plans = _read_pass(paths, selection, memory_budget, out, quiet,
                                             lambda inv: plan_report(inv, arch, head_flags), device, recompute)
     result = report_result(inv, grams, plans, reference)

@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
+DPI = 96
+
+
 def _pyplot():
     import matplotlib
 
@@ -33,7 +36,7 @@ def trajectory_map(path: Path, matrix: np.ndarray, tick_labels: list[str], title
     plt = _pyplot()
     n = matrix.shape[0]
     size = min(9.0, 3.5 + 0.12 * n)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size), dpi=110)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size), dpi=DPI)
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#bbbbbb")
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
     ticks = _tick_positions(n)
@@ -71,7 +74,7 @@ def map_grid(path: Path, maps: list[tuple[str, np.ndarray]], title: str, fmt: st
     gap = max(1, n // 4)
     tile_h = n + gap + max(2, n // 3)  # room above each tile for its name
     mosaic = np.full((rows * tile_h, cols * (n + gap)), np.nan)
-    fig, ax = plt.subplots(figsize=(1.45 * cols + 1.4, 1.6 * rows + 0.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(1.45 * cols + 1.4, 1.6 * rows + 0.8), dpi=DPI)
     for i, (name, matrix) in enumerate(maps):
         r, c = divmod(i, cols)
         top, left = r * tile_h + (tile_h - n - gap), c * (n + gap)
@@ -90,7 +93,7 @@ def layers_mds(path: Path, groups: list[dict], title: str, fmt: str = "png") -> 
     """MDS of every group along depth: one line per role (or one for blocks); groups outside the
     blocks (embedding, final norm, head) as labelled points before and after them."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.5, 4.0), dpi=DPI)
     in_blocks = [g for g in groups if g["layer"] is not None]
     n_blocks = max((g["layer"] for g in in_blocks), default=-1) + 1
     lines: dict[str, list] = {}
@@ -117,7 +120,7 @@ def layers_mds(path: Path, groups: list[dict], title: str, fmt: str = "png") -> 
 def qkv_curves(path: Path, runs: list[tuple[str, dict]], fmt: str = "png") -> None:
     """ω_Q, ω_K, ω_V against normalized depth, the middle third shaded; several runs overlay."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=DPI)
     ax.axvspan(1 / 3, 2 / 3, color="0.92", zorder=0, label="middle third")
     dashes = ["-", "--", ":", "-."]
     for r, (label, doc) in enumerate(runs):
@@ -139,7 +142,7 @@ def qkv_curves(path: Path, runs: list[tuple[str, dict]], fmt: str = "png") -> No
 
 def qkv_heterogeneity(path: Path, doc: dict, fmt: str = "png") -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=DPI)
     layers = [entry["layer"] for entry in doc["layers"]]
     het = [np.nan if e["heterogeneity"] is None else e["heterogeneity"] for e in doc["layers"]]
     dist = [np.nan if e["map_distance"] is None else e["map_distance"] for e in doc["layers"]]
@@ -156,7 +159,7 @@ def qkv_heterogeneity(path: Path, doc: dict, fmt: str = "png") -> None:
 def qkv_heads(path: Path, doc: dict, fmt: str = "png") -> None:
     """Per-head MDS as layers × heads heatmaps, one panel per part."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(11, 0.35 * doc["n_layers"] + 2.2), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 0.35 * doc["n_layers"] + 2.2), dpi=DPI, squeeze=False)
     image = None
     for ax, part in zip(axes.flat, "qkv"):
         table = [[np.nan if v is None else v for v in layer["heads"][part]] for layer in doc["layers"]]
@@ -177,7 +180,7 @@ def qkv_heads(path: Path, doc: dict, fmt: str = "png") -> None:
 def layers_overlay(path: Path, runs: list[tuple[str, dict]], fmt: str = "png") -> None:
     """MDS of the block groups of several runs against normalized depth."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.0, 4.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.0, 4.0), dpi=DPI)
     for label, doc in runs:
         blocks = sorted({g["layer"] for g in doc["groups"] if g["layer"] is not None})
         for role in sorted({g.get("role") or "" for g in doc["groups"] if g["layer"] is not None}):
@@ -211,7 +214,7 @@ def trajectory_pca(path: Path, coords: list[list[float]], steps: list, labels: l
         xy = np.column_stack([xy[:, 0], np.zeros(len(xy))])
     order = np.arange(len(xy))
     colour = np.array([s if s is not None else i for i, s in enumerate(steps)], dtype=float)
-    fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=DPI)
     ax.plot(xy[:, 0], xy[:, 1], color="0.75", lw=1, zorder=1)
     norm = None
     if colour.min() >= 0 and colour.max() / max(colour[colour > 0].min() if (colour > 0).any() else 1, 1) >= 100:
@@ -236,7 +239,7 @@ def path_measures(path: Path, doc: dict, fmt: str = "png") -> None:
     steps = [c["step"] if c["step"] is not None else i for i, c in enumerate(doc["checkpoints"])]
     p = doc["path"]
     nan = lambda values: [np.nan if v is None else v for v in values]  # noqa: E731
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=110)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=DPI)
     axes[0].plot(steps, nan(p["norm"]), marker="o", ms=3)
     axes[0].set_ylabel("‖θ_k‖")
     axes[1].plot(steps, nan(p["distance_to_reference"]), marker="o", ms=3, color="#d62728")
