@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -290,7 +291,8 @@ def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format
         by_schema.setdefault(doc["schema"], []).append((name, doc))
     with OutputSet(out) as files:
         def target(base: str, name: str, many: bool) -> Path:
-            fname = f"{base}-{name}.{plot_format}" if many else f"{base}.{plot_format}"
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+            fname = f"{base}-{safe}.{plot_format}" if many else f"{base}.{plot_format}"
             written.append(fname)
             return files.path_for(fname)
 
