@@ -48,7 +48,8 @@ def explicit_matrix(sds: list[dict], mode: str, reference_idx: int = 0, names: l
     elif mode == "update":
         x = x[1:] - x[:-1]
     norms = np.linalg.norm(x, axis=1)
-    return (x @ x.T) / np.outer(norms, norms)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a zero vector gives NaN, as it should
+        return (x @ x.T) / np.outer(norms, norms)
 
 
 def as_array(matrix: list[list]) -> np.ndarray:

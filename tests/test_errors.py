@@ -47,7 +47,7 @@ def test_missing_path(tmp_path):
 
 def test_no_checkpoints_under_path(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
-    line = _assert_one_error(run(["similarity", tmp_path]), 1, "no checkpoints found", str(tmp_path))
+    _assert_one_error(run(["similarity", tmp_path]), 1, "no checkpoints found", str(tmp_path))
     assert "hint" in run(["similarity", tmp_path]).stderr
 
 

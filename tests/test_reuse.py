@@ -94,7 +94,7 @@ def test_torch_products_equal_numpy_products(tmp_path, monkeypatch):
     try:
         plan, _ = plan_qkv(inv.tensors, family_by_name("gpt2"), HeadCounts(4, 4, 4, "test"), per_head=True, include_bias=True)
         by_numpy = gram.accumulate(inv, 1 << 20, segments=plan.segments)
-        monkeypatch.setattr(gram, "_products_for", lambda device, n: gram._TorchProducts("cpu"))
+        monkeypatch.setattr(gram, "_products_for", lambda device: gram._TorchProducts("cpu"))
         by_torch = gram.accumulate(inv, 1 << 20, segments=plan.segments, device="cuda")
     finally:
         inv.close()

@@ -61,18 +61,25 @@ def _extreme_pairs(cos: np.ndarray, labels: list[str]) -> tuple[dict | None, dic
     return pair(hi), pair(lo)
 
 
+def mds_windows(cos: np.ndarray) -> dict:
+    """ω over the whole map and over its first and second half (None below four rows)."""
+    n = cos.shape[0]
+    half = n // 2
+    return {
+        "mds": tm.mean_directional_similarity(cos),
+        "mds_early": tm.mean_directional_similarity(cos[: n - half, : n - half]) if n >= 4 else None,
+        "mds_late": tm.mean_directional_similarity(cos[half:, half:]) if n >= 4 else None,
+    }
+
+
 def group_trajectory(basis: np.ndarray, bad: set[int], mode: str, reference_idx: int, labels: list[str]) -> dict:
     """Trajectory map, MDS and every lengths-and-bends measure of one group."""
     vectors = tm.mode_vectors(basis, mode, reference_idx, bad)
     cos = tm.cosine_matrix(vectors)
-    n = cos.shape[0]
-    half = n // 2
     most, least = _extreme_pairs(cos, mode_labels(labels, mode, reference_idx))
     return {
         "cos": cos,
-        "mds": tm.mean_directional_similarity(cos),
-        "mds_early": tm.mean_directional_similarity(cos[: n - half, : n - half]) if n >= 4 else None,
-        "mds_late": tm.mean_directional_similarity(cos[half:, half:]) if n >= 4 else None,
+        **mds_windows(cos),
         "most_similar": most,
         "least_similar": least,
         "path": tm.lengths_and_bends(basis, reference_idx, bad),
@@ -194,15 +201,12 @@ def group_document(grams: GramSet, group, mode: str, ref_idx: int, full: bool = 
     basis, bad = grams.group(group.leaves)
     vectors = tm.mode_vectors(basis, mode, ref_idx, bad)
     cos = tm.cosine_matrix(vectors)
-    n = cos.shape[0]
-    half = n // 2
     doc = {"name": group.name, "kind": group.kind, "layer": group.layer, "n_params": group.n_params,
            "mds": tm.mean_directional_similarity(cos)}
     if group.role is not None:
         doc["role"] = group.role
     if full:
-        doc["mds_early"] = tm.mean_directional_similarity(cos[: n - half, : n - half]) if n >= 4 else None
-        doc["mds_late"] = tm.mean_directional_similarity(cos[half:, half:]) if n >= 4 else None
+        doc.update(mds_windows(cos))
         doc.update(_scalars(tm.lengths_and_bends(basis, ref_idx, bad)))
         doc["undefined"] = bool(np.isnan(cos).any())
     doc["matrix"] = tm.matrix_to_json(cos)

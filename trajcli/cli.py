@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -144,13 +143,11 @@ def inspect(
 
       ls -d runs/out/checkpoint-* | trajcli inspect - --json
     """
-    from trajcli.io.discover import discover_checkpoints
-    from trajcli.io.inventory import take_inventory
+    from trajcli.pipeline import load_inventory
     from trajcli.report import render
 
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
-    stdin_text = sys.stdin.read() if "-" in paths else None
-    inv = take_inventory(discover_checkpoints(paths, stdin_text), selection, min_checkpoints=1)
+    inv = load_inventory(paths, selection, min_checkpoints=1)
     try:
         doc = render.inspect_document(inv)
     finally:
@@ -259,7 +256,7 @@ def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, devic
             if grams is not None and not quiet:
                 typer.echo(f"trajcli: reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)", err=True)
         if grams is None:
-            grams = read_trajectory(inv, budget, quiet=quiet, segments=segments, device=resolve_device(device)).grams
+            grams = read_trajectory(inv, budget, quiet=quiet, segments=segments, device=resolve_device(device))
             if out_dir is not None:
                 save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
     finally:

@@ -5,22 +5,16 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from trajcli.engine.gram import GramSet, accumulate, itemsize
 from trajcli.io.discover import discover_checkpoints
 from trajcli.io.inventory import Inventory, Selection, take_inventory
 
 
-@dataclass
-class Trajectory:
-    inventory: Inventory
-    grams: GramSet
-
-
-def load_inventory(paths: list[str], selection: Selection) -> Inventory:
+def load_inventory(paths: list[str], selection: Selection, min_checkpoints: int = 2) -> Inventory:
+    """Discover the checkpoints under `paths` ('-' reads paths from stdin) and take their inventory."""
     stdin_text = sys.stdin.read() if "-" in paths else None
-    return take_inventory(discover_checkpoints(paths, stdin_text), selection)
+    return take_inventory(discover_checkpoints(paths, stdin_text), selection, min_checkpoints)
 
 
 @contextlib.contextmanager
@@ -40,12 +34,12 @@ def _progress(total_bytes: int, quiet: bool) -> Iterator:
 
 
 def read_trajectory(inv: Inventory, memory_budget_bytes: int, quiet: bool = False, segments: dict | None = None,
-                    device: str = "cpu") -> Trajectory:
+                    device: str = "cpu") -> GramSet:
     """The single streaming pass over an inventoried trajectory (tensors cut into leaves by `segments`)."""
     total = sum(
         t.numel * itemsize(r.tensors[t.name].dtype) for t in inv.tensors for r in inv.readers
     )
     with _progress(total, quiet) as on_bytes:
         grams = accumulate(inv, memory_budget_bytes, on_bytes, segments, device)
-    return Trajectory(inv, grams)
+    return grams
 

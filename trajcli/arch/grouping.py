@@ -29,6 +29,11 @@ class Segment:
     ranges: tuple[tuple[int, int, str], ...]  # (start, stop, leaf)
 
 
+def whole_segment(spec: TensorSpec) -> Segment:
+    """A tensor that is one leaf (named after the tensor)."""
+    return Segment(0, ((0, spec.n_rows, spec.name),))
+
+
 @dataclass
 class Group:
     name: str

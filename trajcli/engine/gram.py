@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trajcli.arch.grouping import Segment
+from trajcli.arch.grouping import Segment, whole_segment
 from trajcli.errors import UsageError
 from trajcli.io.inventory import Inventory, TensorSpec
 
@@ -81,7 +81,7 @@ class _Chunk:
 def _plan_chunks(inv: Inventory, segments: dict[str, Segment], chunk_elems: int) -> list[_Chunk]:
     chunks = []
     for spec in inv.tensors:
-        segment = segments.get(spec.name) or Segment(0, ((0, spec.n_rows, spec.name),))
+        segment = segments.get(spec.name) or whole_segment(spec)
         rows_per_chunk = max(1, chunk_elems // (spec.numel // spec.n_rows))
         for row_start in range(0, spec.n_rows, rows_per_chunk):
             chunks.append(_Chunk(spec, segment, row_start, min(spec.n_rows, row_start + rows_per_chunk)))
@@ -141,7 +141,7 @@ def accumulate(
     segments = segments or {}
     chunks = _plan_chunks(inv, segments, chunk_elems_for(n, memory_budget_bytes))
     capacity = max((c.n_elems for c in chunks), default=1)
-    products = _products_for(device, n)
+    products = _products_for(device)
     grams = GramSet([c.name for c in inv.checkpoints])
     sums: dict[str, object] = {}
     threads = default_read_threads() if read_threads is None else read_threads
@@ -154,7 +154,7 @@ def accumulate(
         if on_bytes is not None:
             on_bytes(sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype) for r in inv.readers))
     for spec in inv.tensors:
-        segment = segments.get(spec.name) or Segment(0, ((0, spec.n_rows, spec.name),))
+        segment = segments.get(spec.name) or whole_segment(spec)
         per_index = spec.numel // (spec.shape[segment.axis] if spec.shape else 1)
         for start, stop, leaf in segment.ranges:
             grams.basis[leaf] = products.to_numpy(sums[leaf])
@@ -250,7 +250,7 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _products_for(device: str, n: int):
+def _products_for(device: str):
     device = resolve_device(device)
     return _NumpyProducts() if device == "cpu" else _TorchProducts(device)
 

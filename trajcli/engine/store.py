@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from trajcli import __version__
-from trajcli.arch.grouping import Segment
+from trajcli.arch.grouping import Segment, whole_segment
 from trajcli.engine.gram import GramSet
 from trajcli.io.inventory import Inventory
 
@@ -34,10 +34,6 @@ def identities(inv: Inventory) -> list[dict]:
     return out
 
 
-def _whole(spec_rows: int, name: str) -> Segment:
-    return Segment(0, ((0, spec_rows, name),))
-
-
 def _segment_json(segment: Segment) -> dict:
     return {"axis": segment.axis, "ranges": [list(r) for r in segment.ranges]}
 
@@ -53,7 +49,7 @@ def save_grams(path: Path, inv: Inventory, grams: GramSet, segments: dict[str, S
         "labels": grams.labels,
         "identities": identities(inv),
         "tensors": [{"name": t.name, "shape": list(t.shape)} for t in inv.tensors],
-        "segments": {t.name: _segment_json(segments.get(t.name) or _whole(t.n_rows, t.name)) for t in inv.tensors},
+        "segments": {t.name: _segment_json(segments.get(t.name) or whole_segment(t)) for t in inv.tensors},
         "leaves": leaves,
         "tensor_of": grams.tensor_of,
         "n_params": grams.n_params,
@@ -120,8 +116,8 @@ def derive_gramset(grams: GramSet, have: dict[str, Segment], want: dict[str, Seg
     `have` does not refine `want` for some tensor."""
     out = GramSet(list(grams.labels), nonfinite=dict(grams.nonfinite))
     for t in tensors:
-        saved_segment = have.get(t.name) or _whole(t.n_rows, t.name)
-        wanted = want.get(t.name) or _whole(t.n_rows, t.name)
+        saved_segment = have.get(t.name) or whole_segment(t)
+        wanted = want.get(t.name) or whole_segment(t)
         derived = _derive(saved_segment, wanted, t.shape[wanted.axis] if t.shape else 1)
         if derived is None:
             return None
