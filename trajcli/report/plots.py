@@ -178,22 +178,28 @@ def qkv_heads(path: Path, doc: dict, fmt: str = "png") -> None:
 
 
 def layers_overlay(path: Path, runs: list[tuple[str, dict]], fmt: str = "png") -> None:
-    """MDS of the block groups of several runs against normalized depth."""
+    """MDS of the block groups of several runs against normalized depth: a colour per role (or one
+    for whole blocks), a line style per run."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.0), dpi=DPI)
-    for label, doc in runs:
+    roles = sorted({g.get("role") or "block" for _, doc in runs for g in doc["groups"] if g["layer"] is not None})
+    colours = {role: plt.get_cmap("tab10")(i % 10) for i, role in enumerate(roles)}
+    dashes = ["-", "--", ":", "-."]
+    for r, (label, doc) in enumerate(runs):
         blocks = sorted({g["layer"] for g in doc["groups"] if g["layer"] is not None})
-        for role in sorted({g.get("role") or "" for g in doc["groups"] if g["layer"] is not None}):
+        for role in roles:
             pts = [((blocks.index(g["layer"]) + 0.5) / len(blocks), g["mds"]) for g in doc["groups"]
-                   if g["layer"] is not None and (g.get("role") or "") == role and g["mds"] is not None]
+                   if g["layer"] is not None and (g.get("role") or "block") == role and g["mds"] is not None]
             if pts:
-                ax.plot(*zip(*sorted(pts)), marker="o", ms=3, label=f"{label} {role}".strip())
+                ax.plot(*zip(*sorted(pts)), marker="o", ms=3, color=colours[role], ls=dashes[r % len(dashes)],
+                        label=f"{role} — {label}")
     ax.set_xlim(0, 1)
     ax.set_xlabel("normalized depth (block + ½) / L")
     ax.set_ylabel("MDS ω")
-    ax.set_title("MDS along depth", fontsize=10)
+    ax.set_title("MDS along depth: " + ", ".join(f"{label} ({dashes[r % len(dashes)]})" for r, (label, _) in enumerate(runs)),
+                 fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=6.5, ncol=2)
     _save(fig, path, fmt)
 
 
