@@ -233,7 +233,8 @@ def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, devic
     """Inventory, output folder check, the plan (which needs the inventory), then the single pass —
     or, when --out holds Grams saved from these very checkpoints, no pass at all.
 
-    Returns (inventory, Gram set, output folder or None, what `plan_for` returned)."""
+    `plan_for(inv)` returns (segments: how tensors are cut into leaves, anything the command needs
+    later); the result is (inventory, Gram set, output folder or None, that second item)."""
     from trajcli.engine.budget import available_memory_bytes, parse_budget
     from trajcli.engine.gram import resolve_device
     from trajcli.engine.store import GRAMS_FILE, load_grams, save_grams
@@ -248,8 +249,7 @@ def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, devic
     inv = load_inventory(paths, selection)
     try:
         out_dir = render.prepare_out(out, inv) if out is not None else None
-        planned = plan_for(inv) if plan_for is not None else None
-        segments = getattr(planned[0] if isinstance(planned, tuple) else planned, "segments", None) or {}
+        segments, planned = plan_for(inv) if plan_for is not None else ({}, None)
         grams = None
         if out_dir is not None and not recompute:
             grams = load_grams(out_dir / GRAMS_FILE, inv, segments)
@@ -316,7 +316,8 @@ def layers(
             if by == "role" or arch:  # the role split needs the layout; blocks and tensors do not
                 raise
             architecture = Architecture(None, "not detected", None, None)
-        return plan_layers(inv.tensors, by, architecture.family, architecture.heads), architecture
+        plan = plan_layers(inv.tensors, by, architecture.family, architecture.heads)
+        return plan.segments, (plan, architecture)
 
     inv, grams, out_dir, (plan, architecture) = _read_pass(paths, selection, memory_budget, out, quiet, plan_for,
                                                            device, recompute)
@@ -382,10 +383,10 @@ def qkv(
             raise DataError(f"cannot tell how Q, K and V are stored: {architecture.source}{fits}",
                             "pass --arch NAME (trajcli archs lists them), with --num-heads N where config.json is missing")
         plan, layer_ids = plan_qkv(inv.tensors, architecture.family, architecture.heads, per_head, bias)
-        return plan, (architecture, layer_ids)
+        return plan.segments, (plan, architecture, layer_ids)
 
-    inv, grams, out_dir, (plan, (architecture, layer_ids)) = _read_pass(paths, selection, memory_budget, out, quiet,
-                                                                        plan_for, device, recompute)
+    inv, grams, out_dir, (plan, architecture, layer_ids) = _read_pass(paths, selection, memory_budget, out, quiet,
+                                                                      plan_for, device, recompute)
     doc, warnings = qkv_result(inv, grams, plan, layer_ids, mode, reference, architecture, bias, per_head)
     _warn_all(inv.warnings + warnings, quiet)
     written = render.write_qkv(out_dir, doc, plot_format) if out_dir is not None else []
@@ -428,15 +429,26 @@ def report(
 
       trajcli report pythia-160m/ --every 4 --out pythia-160m-report/ --format svg
     """
-    from trajcli.analysis import plan_report, report_result
-    from trajcli.report import render
-
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
     head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
+    _run_report(paths, out, selection, memory_budget, quiet, arch, head_flags, reference, plot_format, device,
+                recompute, json_output)
+
+
+def _run_report(paths, out, selection, memory_budget, quiet, arch=None, head_flags=None, reference=None,
+                plot_format="png", device="auto", recompute=False, json_output=False) -> None:
+    """The report flow, shared by `report` and `demo`: plan the finest cut, one pass (or saved Grams),
+    every analysis, every file."""
+    from trajcli.analysis import plan_report, report_result
+    from trajcli.report import render
+
+    def plan_for(inv):
+        plans = plan_report(inv, arch, head_flags or {})
+        return plans.segments, plans
+
     _import_plotting_in_background()
-    inv, grams, out_dir, plans = _read_pass(paths, selection, memory_budget, out, quiet,
-                                            lambda inv: plan_report(inv, arch, head_flags), device, recompute)
+    inv, grams, out_dir, plans = _read_pass(paths, selection, memory_budget, out, quiet, plan_for, device, recompute)
     result = report_result(inv, grams, plans, reference)
     _warn_all(result["warnings"], quiet)
     document, written = render.write_report(out_dir, result, plot_format)
@@ -509,10 +521,8 @@ def demo(
 
       trajcli demo && trajcli inspect trajcli-demo/checkpoints
     """
-    from trajcli.analysis import plan_report, report_result
     from trajcli.demo import DEMO_STEPS, make_demo_trajectory
     from trajcli.io.inventory import Selection
-    from trajcli.report import render
 
     checkpoints = folder / "checkpoints"
     complete = all((checkpoints / f"step{s}" / "model.safetensors.index.json").is_file() for s in DEMO_STEPS)
@@ -521,12 +531,7 @@ def demo(
     else:
         typer.echo(f"training a tiny GPT-NeoX-layout model; checkpoints go to {checkpoints}", err=True)
         make_demo_trajectory(checkpoints, log=None if quiet else (lambda m: typer.echo(f"  {m}", err=True)))
-    inv, grams, out_dir, plans = _read_pass([str(checkpoints)], Selection(), memory_budget, folder / "report", quiet,
-                                            lambda inv: plan_report(inv, None, {}))
-    result = report_result(inv, grams, plans, None)
-    _warn_all(result["warnings"], quiet)
-    document, written = render.write_report(out_dir, result)
-    render.print_report(document, written)
+    _run_report([str(checkpoints)], folder / "report", Selection(), memory_budget, quiet)
 
 def main() -> None:
     app()
