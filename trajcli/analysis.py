@@ -335,9 +335,11 @@ def plan_report(inv: Inventory, arch: str | None, head_flags: dict) -> ReportPla
     return ReportPlans(architecture, segments, block, role, qkv_plan, layers, problem)
 
 
-def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, reference: str | None) -> dict:
+def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, reference: str | None,
+                  lr_points: list | None = None, lr_source: str | None = None) -> dict:
     """Every analysis from one Gram set: similarity in three modes, layers by block and by role
-    (displacement), Q/K/V with heads (displacement), lengths and bends, PCA, and the headline."""
+    (displacement), Q/K/V with heads (displacement), dynamics, lengths and bends, PCA, the headline."""
+    from trajcli.arch.grouping import scale_invariant_tensors
     from trajcli.engine.store import derive_gramset
 
     out: dict = {"warnings": list(inv.warnings)}
@@ -347,11 +349,16 @@ def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, reference:
         out["similarity"][mode] = (doc, matrix)
         if mode == "raw":
             out["warnings"] += warnings
+    per_tensor = derive_gramset(grams, plans.segments, {}, inv.tensors)
     for by, plan in (("block", plans.block), ("role", plans.role)):
-        derived = derive_gramset(grams, plans.segments, plan.segments, inv.tensors)
+        derived = per_tensor if not plan.segments else derive_gramset(grams, plans.segments, plan.segments, inv.tensors)
         doc, matrices, warnings = layers_result(inv, derived, plan, by, "displacement", reference, plans.architecture)
         out[f"layers_{by}"] = (doc, matrices)
         out["warnings"] += warnings
+    names = {t.name for t in inv.tensors} | {d["tensor"] for d in inv.left_out}
+    invariant = scale_invariant_tensors(inv.tensors, names, None)
+    out["dynamics"], warnings = dynamics_result(inv, per_tensor, lr_points or [], lr_source, invariant)
+    out["warnings"] += warnings
     if plans.qkv is not None:
         doc, warnings = qkv_result(inv, grams, plans.qkv, plans.qkv_layers, "displacement", reference,
                                    plans.architecture, True, plans.architecture.heads is not None)
@@ -387,6 +394,9 @@ def _headline(out: dict) -> dict:
         "effective_rank_displacement": sims["displacement"]["spectrum"]["effective_rank"],
         "identical_pairs": len(raw["identical"]),
     }
+    model = next(g for g in out["dynamics"]["groups"] if g["kind"] == "model")
+    head["regime"] = model["regime"]["verdict"]
+    head["regime_median_angle_deg"] = model["regime"]["median_angle_deg"]
     qkv = out.get("qkv")
     if qkv:
         het = [(e["depth"], e["heterogeneity"]) for e in qkv["layers"] if e["heterogeneity"] is not None]
@@ -394,3 +404,45 @@ def _headline(out: dict) -> dict:
         head["qkv_heterogeneity_mean"] = float(np.mean([h for _, h in het])) if het else None
         head["qkv_heterogeneity_middle_third"] = float(np.mean(middle)) if middle else None
     return head
+
+
+# ---- dynamics ------------------------------------------------------------------------------------
+
+DYNAMICS_SCHEMA = "trajcli.dynamics/1"
+
+
+def dynamics_result(inv: Inventory, grams: GramSet, lr_points: list, lr_source: str | None,
+                    scale_invariant: list[str]) -> tuple[dict, list[str]]:
+    """Norms, angular steps and effective learning rates of the whole model, the scale-invariant set,
+    each block and each tensor, with a regime verdict per group."""
+    from trajcli.arch.grouping import Group, plan_layers
+    from trajcli.metrics import dynamics as dyn
+
+    warnings = []
+    steps = [c.step for c in inv.checkpoints]
+    if any(s is None for s in steps):
+        warnings.append("some checkpoints have no step; intervals count 1 step each")
+        steps = list(range(len(steps)))
+    lr = dyn.learning_rate_at(steps, lr_points) if lr_points else None
+    tensors = [t.name for t in inv.tensors]
+    groups = [Group("model", "model", None, tensors, sum(t.numel for t in inv.tensors))]
+    if scale_invariant:
+        chosen = set(scale_invariant)
+        groups.append(Group("scale_invariant", "scale_invariant", None, scale_invariant,
+                            sum(t.numel for t in inv.tensors if t.name in chosen)))
+    groups += plan_layers(inv.tensors, "block", None, None).groups
+    groups += plan_layers(inv.tensors, "tensor", None, None).groups
+    out = []
+    for g in groups:
+        basis, bad = grams.group(g.leaves)
+        out.append({"name": g.name, "kind": g.kind, "layer": g.layer, "n_params": g.n_params,
+                    **dyn.group_dynamics(basis, steps, bad, lr)})
+    doc = {"schema": DYNAMICS_SCHEMA, "trajcli_version": __version__, "checkpoints": checkpoints_json(inv),
+           "steps": steps, "lr": lr, "lr_source": lr_source, "scale_invariant": scale_invariant,
+           "regime_rule": {"divergence_angle_deg": dyn.DIVERGENCE_ANGLE_DEG,
+                           "convergence_factor": dyn.CONVERGENCE_FACTOR, "min_intervals": dyn.MIN_INTERVALS},
+           "groups": out}
+    if lr is None:
+        warnings.append("no learning rate found (trainer_state.json, optimizer state); effective learning rates "
+                        "are left out — pass --lr VALUE or --lr-file CSV (dynamics, report)")
+    return doc, warnings

@@ -112,6 +112,8 @@ ModeOpt = Annotated[str, typer.Option("--mode", "-m", help="raw: θ_k; displacem
 ReferenceOpt = Annotated[Optional[str], typer.Option("--reference", help="Reference checkpoint (name or step) for displacement [default: the first].")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Plot file format: png, svg or pdf.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where the float64 products run: auto (CUDA when available), cpu or cuda.")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="A constant learning rate [default: from trainer_state.json or the optimizer state].")]
+LrFileOpt = Annotated[Optional[Path], typer.Option("--lr-file", help="CSV of step,lr (a header line is allowed).")]
 RecomputeOpt = Annotated[bool, typer.Option("--recompute", help="Read the checkpoints even when --out holds Grams saved from them.")]
 
 
@@ -402,6 +404,8 @@ def report(
     paths: PathsArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the report and every result file (created if needed).")],
     reference: ReferenceOpt = None,
+    lr: LrOpt = None,
+    lr_file: LrFileOpt = None,
     arch: ArchOpt = None,
     num_heads: HeadsOpt = None,
     num_kv_heads: KvHeadsOpt = None,
@@ -432,15 +436,18 @@ def report(
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
     head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
+    if lr is not None and lr_file is not None:
+        raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
     _run_report(paths, out, selection, memory_budget, quiet, arch, head_flags, reference, plot_format, device,
-                recompute, json_output)
+                recompute, json_output, lr, lr_file)
 
 
 def _run_report(paths, out, selection, memory_budget, quiet, arch=None, head_flags=None, reference=None,
-                plot_format="png", device="auto", recompute=False, json_output=False) -> None:
+                plot_format="png", device="auto", recompute=False, json_output=False, lr=None, lr_file=None) -> None:
     """The report flow, shared by `report` and `demo`: plan the finest cut, one pass (or saved Grams),
     every analysis, every file."""
     from trajcli.analysis import plan_report, report_result
+    from trajcli.io.lr import learning_rate_points
     from trajcli.report import render
 
     def plan_for(inv):
@@ -449,13 +456,75 @@ def _run_report(paths, out, selection, memory_budget, quiet, arch=None, head_fla
 
     _import_plotting_in_background()
     inv, grams, out_dir, plans = _read_pass(paths, selection, memory_budget, out, quiet, plan_for, device, recompute)
-    result = report_result(inv, grams, plans, reference)
+    points, source = learning_rate_points(inv, lr, lr_file)
+    result = report_result(inv, grams, plans, reference, points, source)
     _warn_all(result["warnings"], quiet)
     document, written = render.write_report(out_dir, result, plot_format)
     if json_output:
         render.print_json(document)
     else:
         render.print_report(document, written)
+
+
+@app.command()
+@handles_errors
+def dynamics(
+    paths: PathsArg,
+    lr: LrOpt = None,
+    lr_file: LrFileOpt = None,
+    scale_invariant: Annotated[Optional[str], typer.Option("--scale-invariant", help="Regex of the weights a normalization follows [default: ResNet-style conv + batch norm].")] = None,
+    every: EveryOpt = 1,
+    max_checkpoints: MaxOpt = None,
+    steps: StepsOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    on_mismatch: MismatchOpt = "error",
+    memory_budget: BudgetOpt = None,
+    out: OutOpt = None,
+    plot_format: FormatOpt = "png",
+    device: DeviceOpt = "auto",
+    recompute: RecomputeOpt = False,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Norms, angular steps and effective learning rates η/‖w‖² per group, and the regime
+    (convergence, equilibrium or divergence — a heuristic) over the later half of the run.
+
+    Groups: the whole model, the scale-invariant set, each block, each tensor. Examples:
+
+      trajcli dynamics runs/out --out results/
+
+      trajcli dynamics resnet-run/ --lr-file lr.csv --scale-invariant 'conv\\d\\.weight$' --json
+    """
+    from trajcli.analysis import dynamics_result
+    from trajcli.arch.grouping import scale_invariant_tensors
+    from trajcli.io.inventory import compile_regex
+    from trajcli.io.lr import learning_rate_points
+    from trajcli.report import render
+    from trajcli.report.writers import OutputSet
+
+    if lr is not None and lr_file is not None:
+        raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
+    _check_choice(plot_format, "--format", PLOT_FORMATS)
+    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    pattern = compile_regex(scale_invariant, "--scale-invariant")
+
+    def plan_for(inv):
+        names = {t.name for t in inv.tensors} | {d["tensor"] for d in inv.left_out}
+        return {}, scale_invariant_tensors(inv.tensors, names, pattern)
+
+    inv, grams, out_dir, invariant = _read_pass(paths, selection, memory_budget, out, quiet, plan_for, device, recompute)
+    points, source = learning_rate_points(inv, lr, lr_file)
+    doc, warnings = dynamics_result(inv, grams, points, source, invariant)
+    _warn_all(inv.warnings + warnings, quiet)
+    written = []
+    if out_dir is not None:
+        with OutputSet(out_dir) as files:
+            written = [out_dir / n for n in render.add_dynamics(files, doc, plot_format)]
+    if json_output:
+        render.print_json(doc)
+    else:
+        render.print_dynamics(doc, written)
 
 
 @app.command()

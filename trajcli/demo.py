@@ -3,8 +3,9 @@
 The model follows GPT-NeoX's parameter names and layouts (a fused `query_key_value` interleaved per
 head, parallel residual, rotary embeddings, untied `embed_out`), so the saved checkpoints read like a
 miniature Pythia run: `step0`, `step1`, `step2`, `step4` … then evenly spaced, each a sharded
-safetensors folder with `config.json`. The task is synthetic next-token prediction (a fixed random
-Markov chain), trained with AdamW and weight decay. No network, no download.
+safetensors folder with `config.json` and a `trainer_state.json` holding the learning rate used at
+every step. The task is synthetic next-token prediction (a fixed random Markov chain), trained with
+AdamW and weight decay under a warm-up + cosine schedule. No network, no download.
 """
 
 from __future__ import annotations
@@ -145,12 +146,15 @@ def make_demo_trajectory(folder: Path, steps: list[int] = DEMO_STEPS, seed: int 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     data = _batches(cfg["vocab_size"], 16, 32, gen)
-    folders = []
+    folders, log_history = [], []
     for step in range(total + 1):
+        log_history.append({"step": step, "learning_rate": sched.get_last_lr()[0]})
         if step in steps:
             out = folder / f"step{step}"
             save_sharded({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
             (out / "config.json").write_text(json.dumps(cfg, indent=2))
+            # as a Trainer would: the step and the learning rate used so far (for effective learning rates)
+            (out / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": log_history}))
             folders.append(out)
         if step == total:
             break

@@ -239,3 +239,24 @@ def plan_qkv(tensors: list[TensorSpec], family: Family, heads: HeadCounts | None
                     plan.groups.append(Group(f"layer.{layer}.{part}.h{k[2]}", "head", layer, [l for l, _ in leaves],
                                              sum(n for _, n in leaves), part=part, head=k[2]))
     return plan, layers
+
+
+_CONV_BN = re.compile(r"^(?P<prefix>.*)conv(?P<idx>\d+)\.weight$")
+_DOWNSAMPLE = re.compile(r"^(?P<prefix>.*downsample)\.0\.weight$")
+
+
+def scale_invariant_tensors(tensors: list[TensorSpec], all_names: set[str], pattern: re.Pattern | None) -> list[str]:
+    """Weights whose scale a normalization right after them removes: those matching `pattern`
+    (--scale-invariant), else ResNet-style convolutions followed by batch norm (`…convK.weight`
+    with `…bnK.` beside it, `…downsample.0.weight` with `…downsample.1.`)."""
+    if pattern is not None:
+        return [t.name for t in tensors if pattern.search(t.name)]
+    found = []
+    for t in tensors:
+        m = _CONV_BN.match(t.name)
+        norm_prefix = f"{m.group('prefix')}bn{m.group('idx')}." if m else None
+        d = _DOWNSAMPLE.match(t.name)
+        norm_prefix = norm_prefix or (f"{d.group('prefix')}.1." if d else None)
+        if norm_prefix and any(name.startswith(norm_prefix) for name in all_names):
+            found.append(t.name)
+    return found

@@ -60,7 +60,7 @@ class Inventory:
             r.close()
 
 
-def _compile(pattern: str | None, flag: str) -> re.Pattern | None:
+def compile_regex(pattern: str | None, flag: str) -> re.Pattern | None:
     if pattern is None:
         return None
     try:
@@ -73,8 +73,8 @@ def take_inventory(discovery: Discovery, selection: Selection, min_checkpoints: 
     """Open, order, select and check the checkpoints; nothing but headers is read."""
     if selection.on_mismatch not in ("error", "skip"):
         raise UsageError(f"--on-mismatch {selection.on_mismatch!r} is not one of error, skip", "use --on-mismatch skip to analyse the common tensors")
-    include = _compile(selection.include, "--include")
-    exclude = _compile(selection.exclude, "--exclude")
+    include = compile_regex(selection.include, "--include")
+    exclude = compile_regex(selection.exclude, "--exclude")
     readers: dict[int, CheckpointReader] = {}
     try:
         for ckpt in discovery.checkpoints:

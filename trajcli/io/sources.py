@@ -230,6 +230,24 @@ def unwrap_state_dict(obj: object, path: Path) -> tuple[dict, str, int | None, s
     return tensors, fmt, step, step_key
 
 
+def _optimizer_lr(loaded: dict) -> float | None:
+    """The first param group's learning rate of an optimizer state saved in the file (nanoGPT's
+    `optimizer`, Lightning's `optimizer_states[0]`), when there is one."""
+    candidates = [loaded.get("optimizer")]
+    states = loaded.get("optimizer_states")
+    if isinstance(states, list) and states:
+        candidates.append(states[0])
+    for state in candidates:
+        groups = state.get("param_groups") if isinstance(state, dict) else None
+        if isinstance(groups, list) and groups and isinstance(groups[0], dict):
+            lr = groups[0].get("lr")
+            if isinstance(lr, torch.Tensor) and lr.numel() == 1:
+                lr = lr.item()
+            if isinstance(lr, (int, float)) and not isinstance(lr, bool):
+                return float(lr)
+    return None
+
+
 class TorchReader(CheckpointReader):
     def _open(self) -> None:
         stored, seen_storage, found_in = [], {}, {}
@@ -239,6 +257,9 @@ class TorchReader(CheckpointReader):
             tensors, fmt, step, step_key = unwrap_state_dict(loaded, path)
             if isinstance(loaded.get("model_args"), dict):
                 self.metadata["model_args"] = dict(loaded["model_args"])
+            lr = _optimizer_lr(loaded)
+            if lr is not None:
+                self.metadata["lr"] = lr
             if self.checkpoint.format == "torch-file":
                 self.checkpoint.format = fmt
             lightning = lightning or fmt == "lightning"

@@ -27,6 +27,12 @@ EXPLAIN = {
            "them, each with its own trajectory map. Heterogeneity is max(ω<sub>Q</sub>, ω<sub>K</sub>, ω<sub>V</sub>) "
            "− min(…); map distance is the mean RMS difference between the three maps. In smaller LLMs the three "
            "curves separate in the middle layers (shaded); at larger scale they coincide.",
+    "dynamics": "For weights followed by a normalization only the direction matters; it moves on a sphere with "
+                "effective learning rate η/‖w‖². The angle moved per training step, the norm and the effective "
+                "learning rate tell three regimes apart: <b>convergence</b> (the angle per step shrinks), "
+                "<b>equilibrium</b> (it settles at a constant non-zero level while the norm stabilises) and "
+                "<b>divergence</b> (steps near 90°: a random walk). The verdict is a heuristic over the later half "
+                "of the checkpoints; the evidence is in dynamics.json.",
     "pitfalls": "Log-spaced checkpoints (step 1, 2, 4 … 512) put many rows early in training, and ω is an average "
                 "over pairs, so it weighs early training heavily; compare ω across runs only with the same "
                 "checkpoint schedule. A trajectory map shows directions, not speed: read it with the path lengths.",
@@ -98,6 +104,20 @@ def build_page(title: str, source: str, headline: list[tuple[str, str, str]], se
     parts.append(f"<footer>Written by trajcli {__version__}. Files beside this page:<ul>{listed}</ul></footer>")
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def regime_table(doc: dict) -> str:
+    rows = ["<table><tr><th>group</th><th>regime</th><th>median step angle</th><th>angle/step change</th>"
+            "<th>norm change</th></tr>"]
+    for g in doc["groups"]:
+        if g["kind"] == "tensor":
+            continue
+        r = g["regime"]
+        cells = [html.escape(g["name"]), r["verdict"], _fmt(r["median_angle_deg"], ".3f") + "°",
+                 _fmt(r["rate_change_factor"], ".3g"), _fmt(r["norm_change_factor"], ".3g")]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    rows.append("</table>")
+    return "".join(rows)
 
 
 def qkv_table(doc: dict) -> str:

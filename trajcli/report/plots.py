@@ -208,6 +208,7 @@ def _step_axis(ax, steps: list[int]) -> None:
     positive = [s for s in steps if s > 0]
     if len(positive) >= 3 and max(positive) / min(positive) >= 100:
         ax.set_xscale("symlog", linthresh=max(1, min(positive)))
+        ax.set_xlim(left=min(steps))
     ax.set_xlabel("step")
 
 
@@ -260,4 +261,41 @@ def path_measures(path: Path, doc: dict, fmt: str = "png") -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"lengths and bends — path length {p['path_length']:.4g}, straightness "
                  f"{p['straightness']:.3f}" if p["straightness"] is not None else "lengths and bends", fontsize=10)
+    _save(fig, path, fmt)
+
+
+def dynamics(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> None:
+    """Norm, angle moved per training step and effective learning rate against step, for the model,
+    the scale-invariant set and the blocks."""
+    plt = _pyplot()
+    steps = doc["steps"]
+    chosen = [g for g in doc["groups"] if g["kind"] in ("model", "scale_invariant")]
+    blocks = [g for g in doc["groups"] if g["kind"] == "block" and g["layer"] is not None]
+    if len(blocks) > max_blocks:
+        blocks = [blocks[round(i * (len(blocks) - 1) / (max_blocks - 1))] for i in range(max_blocks)]
+    chosen += blocks
+    panels = 3 if doc["lr"] is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.3 * panels, 3.6), dpi=DPI)
+    nan = lambda values: [np.nan if v is None else v for v in values]  # noqa: E731
+    cmap = plt.get_cmap("viridis")
+    for i, g in enumerate(chosen):
+        style = {"color": "k", "lw": 2} if g["kind"] == "model" else (
+            {"color": "#d62728", "lw": 2} if g["kind"] == "scale_invariant" else
+            {"color": cmap(i / max(len(chosen), 1)), "lw": 1})
+        label = g["name"] + (f" ({g['regime']['verdict']})" if g["kind"] != "block" else "")
+        axes[0].plot(steps, nan(g["norm"]), label=label, **style)
+        axes[1].plot(steps[1:], nan(g["angle_per_step_deg"]), **style)
+        if panels == 3:
+            axes[2].plot(steps, nan(g["effective_lr"]), **style)
+    axes[0].set_ylabel("‖w‖")
+    axes[1].set_ylabel("angle moved per step (degrees)")
+    axes[1].set_yscale("log")
+    if panels == 3:
+        axes[2].set_ylabel("effective learning rate η / ‖w‖²")
+        axes[2].set_yscale("log")
+    for ax in axes:
+        _step_axis(ax, steps)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6.5)
+    fig.suptitle(f"dynamics on the sphere — learning rate from {doc['lr_source'] or 'nowhere (pass --lr)'}", fontsize=10)
     _save(fig, path, fmt)

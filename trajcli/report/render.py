@@ -339,6 +339,7 @@ def _add_report_files(files: OutputSet, result: dict, plot_format: str) -> list[
                    plot_format)
     names.append(f"path.{plot_format}")
     files.draw(names[-1], plots.path_measures, sims["displacement"][0], plot_format)
+    names += add_dynamics(files, result["dynamics"], plot_format)
     return names
 
 
@@ -367,7 +368,7 @@ def write_report(out: Path, result: dict, plot_format: str = "png") -> tuple[dic
             images = {n.rsplit(".", 1)[0]: files.written(n) for n in written if n.endswith(f".{plot_format}")}
 
         def fig(stem: str, alt: str, caption: str) -> tuple:
-            wide = stem in ("path", "qkv_heads") or stem.endswith("_maps")
+            wide = stem in ("path", "qkv_heads", "dynamics") or stem.endswith("_maps")
             return images[stem], page_fmt, alt, caption, wide
 
         document = {"schema": REPORT_SCHEMA, "trajcli_version": __version__, "checkpoints": raw_doc["checkpoints"],
@@ -389,6 +390,9 @@ def write_report(out: Path, result: dict, plot_format: str = "png") -> tuple[dic
                              f"{'MDS along depth' if kind == 'mds' else 'trajectory maps'} per {by}")
                          for by in ("block", "role") for kind in ("mds", "maps")]},
         ]
+        sections.append({"id": "dynamics", "title": "Dynamics on the sphere", "explain": html.EXPLAIN["dynamics"],
+                         "figures": [fig("dynamics", "dynamics", "norm, angle moved per step and effective learning rate")],
+                         "table": html.regime_table(result["dynamics"])})
         if "qkv" in result:
             qkv = result["qkv"]
             figures = [fig("qkv_mds", "QKV along depth", "ω_Q, ω_K, ω_V against normalized depth"),
@@ -421,6 +425,9 @@ def headline_rows(head: dict) -> list[tuple[str, str, str]]:
          "—" if head["pca_explained_2d"] is None else f"{head['pca_explained_2d']:.1%}"),
         ("effective_rank_displacement", "effective rank (displacement map)", _fmt(head["effective_rank_displacement"], ".2f")),
     ]
+    if head.get("regime"):
+        rows.append(("regime", "regime of the whole model (later half, heuristic)",
+                     f"{head['regime']} (median step angle {_fmt(head['regime_median_angle_deg'], '.2f')}°)"))
     if "qkv_heterogeneity_mean" in head:
         rows.append(("qkv_heterogeneity", "Q/K/V heterogeneity (all / middle third)",
                      f"{_fmt(head['qkv_heterogeneity_mean'])} / {_fmt(head['qkv_heterogeneity_middle_third'])}"))
@@ -440,3 +447,47 @@ def print_report(document: dict, written: list[Path]) -> None:
         table.add_row(label, value)
     console.print(table)
     console.print(f"{len(document['files'])} files; open {written[0]}")
+
+
+DYNAMICS_COLUMNS = ["group", "kind", "checkpoint", "step", "norm", "distance_to_first", "effective_lr", "angle_deg",
+                    "delta_steps", "angle_per_step_deg", "angle_per_sqrt_step_deg", "effective_step"]
+
+
+def add_dynamics(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
+    """dynamics.json, dynamics.csv (one row per group × checkpoint; interval values on the row of the
+    checkpoint that ends the interval) and dynamics.<fmt>."""
+    rows = []
+    names = [c["name"] for c in doc["checkpoints"]]
+    for g in doc["groups"]:
+        for k, (name, step) in enumerate(zip(names, doc["steps"])):
+            interval = (lambda key: g[key][k - 1] if k > 0 and g[key] is not None else None)  # noqa: E731
+            rows.append([g["name"], g["kind"], name, step, g["norm"][k], g["distance_to_first"][k],
+                         g["effective_lr"][k] if g["effective_lr"] is not None else None,
+                         interval("angle_deg"), interval("delta_steps"), interval("angle_per_step_deg"),
+                         interval("angle_per_sqrt_step_deg"), interval("effective_step")])
+    out = ["dynamics.json", "dynamics.csv", f"dynamics.{plot_format}"]
+    files.text(out[0], dumps_json(doc))
+    files.text(out[1], rows_csv(DYNAMICS_COLUMNS, rows))
+    files.draw(out[2], plots.dynamics, doc, plot_format)
+    return out
+
+
+def print_dynamics(doc: dict, written: list[Path]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=f"dynamics of {len(doc['groups'])} groups — "
+                        f"learning rate from {doc['lr_source'] or 'nowhere'}", title_justify="left")
+    for col, justify in (("group", "left"), ("regime", "left"), ("median angle", "right"),
+                         ("angle/step change", "right"), ("norm change", "right"), ("final ‖w‖", "right")):
+        table.add_column(col, justify=justify)
+    for g in doc["groups"]:
+        if g["kind"] == "tensor":
+            continue
+        r = g["regime"]
+        table.add_row(g["name"], r["verdict"], f"{_fmt(r['median_angle_deg'], '.3f')}°", _fmt(r["rate_change_factor"], ".3g"),
+                      _fmt(r["norm_change_factor"], ".3g"), _fmt(g["norm"][-1], ".4g"))
+    console.print(table)
+    console.print("per-tensor rows are in --json / dynamics.csv")
+    for p in written:
+        console.print(f"wrote {p}")

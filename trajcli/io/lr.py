@@ -1,0 +1,62 @@
+"""The learning rate a run used, from what it saved or from the user (for effective learning rates)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from trajcli.errors import DataError, UsageError
+from trajcli.io.inventory import Inventory
+
+
+def _trainer_log(inv: Inventory) -> list[tuple[int, float]]:
+    """(step, learning_rate) from every checkpoint's trainer_state.json log_history."""
+    points: dict[int, float] = {}
+    for ckpt in inv.checkpoints:
+        state = ckpt.path / "trainer_state.json" if ckpt.path.is_dir() else None
+        if state is None or not state.is_file():
+            continue
+        try:
+            history = json.loads(state.read_text()).get("log_history", [])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            continue
+        for entry in history if isinstance(history, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("step"), int) and isinstance(entry.get("learning_rate"), (int, float)):
+                points[entry["step"]] = float(entry["learning_rate"])
+    return sorted(points.items())
+
+
+def _lr_file(path: Path) -> list[tuple[int, float]]:
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+    except OSError as exc:
+        raise UsageError(f"--lr-file {path}: {exc.strerror}", "a CSV file with columns step,lr") from None
+    points = []
+    for i, row in enumerate(rows):
+        if not row or (i == 0 and not row[0].strip().lstrip("-").isdigit()):
+            continue  # blank line or header
+        try:
+            points.append((int(row[0]), float(row[1])))
+        except (ValueError, IndexError):
+            raise DataError(f"--lr-file {path} line {i + 1}: {','.join(row)!r} is not step,lr", "e.g. 1000,3e-4") from None
+    if not points:
+        raise DataError(f"--lr-file {path} holds no step,lr rows", "e.g. a header step,lr then 0,3e-4")
+    return points
+
+
+def learning_rate_points(inv: Inventory, lr: float | None, lr_file: Path | None) -> tuple[list[tuple[int, float]], str | None]:
+    """(step, lr) points and where they came from: --lr, --lr-file, trainer_state.json's log_history,
+    or the optimizer state saved in each checkpoint; ([], None) when nothing says."""
+    steps = [c.step if c.step is not None else k for k, c in enumerate(inv.checkpoints)]
+    if lr is not None:
+        return [(s, lr) for s in steps], "--lr"
+    if lr_file is not None:
+        return _lr_file(lr_file), f"--lr-file {lr_file}"
+    log = _trainer_log(inv)
+    if log:
+        return log, "trainer_state.json log_history"
+    saved = [(s, r.metadata["lr"]) for s, r in zip(steps, inv.readers) if "lr" in r.metadata]
+    if saved:
+        return saved, "optimizer param_groups in the checkpoints"
+    return [], None
