@@ -248,6 +248,8 @@ def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, devic
     available = available_memory_bytes()
     if memory_budget is not None and available and budget > available // 2 and not quiet:
         warn(f"--memory-budget {memory_budget} is more than half of the {available >> 20} MiB available now")
+    if out is not None:
+        _import_plotting_in_background()  # plots follow; matplotlib loads while the checkpoints are read
     inv = load_inventory(paths, selection)
     try:
         out_dir = render.prepare_out(out, inv) if out is not None else None
@@ -454,7 +456,6 @@ def _run_report(paths, out, selection, memory_budget, quiet, arch=None, head_fla
         plans = plan_report(inv, arch, head_flags or {})
         return plans.segments, plans
 
-    _import_plotting_in_background()
     inv, grams, out_dir, plans = _read_pass(paths, selection, memory_budget, out, quiet, plan_for, device, recompute)
     points, source = learning_rate_points(inv, lr, lr_file)
     result = report_result(inv, grams, plans, reference, points, source)
