@@ -150,3 +150,6 @@ def test_legacy_non_zip_torch_files_are_read(tmp_path):
         torch.save(sd, tmp_path / f"model_{k}.bin", _use_new_zipfile_serialization=False)
     doc = run_json(["similarity", tmp_path, "--mode", "update"])
     np.testing.assert_allclose(as_array(doc["matrix"]), explicit_matrix(sds, "update"), rtol=0, atol=1e-9)
+    from helpers import run
+
+    assert "pre-1.6 torch format" in run(["similarity", tmp_path]).stderr

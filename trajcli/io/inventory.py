@@ -90,6 +90,8 @@ def take_inventory(discovery: Discovery, selection: Selection, min_checkpoints: 
             readers.pop(id(ckpt)).close()
     chosen_readers = [readers[id(c)] for c in chosen]
     inv = Inventory(chosen, chosen_readers, [], left_out_paths=list(discovery.left_out))
+    for reader in chosen_readers:
+        inv.warnings.extend(reader.warnings)
     if len(chosen) < min_checkpoints:
         names = ", ".join(c.name for c in chosen) or "none"
         inv.close()

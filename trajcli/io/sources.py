@@ -57,6 +57,7 @@ class CheckpointReader:
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (stored name, why)
     size_bytes: int = 0
     metadata: dict = field(default_factory=dict)  # small facts a file carries, e.g. nanoGPT's model_args
+    warnings: list[str] = field(default_factory=list)
     _handles: list = field(default_factory=list)
 
     def read_into(self, name: str, row_start: int, row_stop: int, out: np.ndarray) -> None:
@@ -254,6 +255,9 @@ class TorchReader(CheckpointReader):
         lightning = False
         for file_idx, path in enumerate(self.checkpoint.files):
             loaded = load_torch_file(path)
+            if _is_legacy_pickle(path):
+                self.warnings.append(f"{path} is in the pre-1.6 torch format, which cannot be mapped: it is held "
+                                     "in memory whole while the checkpoints are read")
             tensors, fmt, step, step_key = unwrap_state_dict(loaded, path)
             if isinstance(loaded.get("model_args"), dict):
                 self.metadata["model_args"] = dict(loaded["model_args"])
