@@ -114,6 +114,8 @@ FormatOpt = Annotated[str, typer.Option("--format", help="Plot file format: png,
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where the float64 products run: auto (CUDA when available), cpu or cuda.")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="A constant learning rate [default: from trainer_state.json or the optimizer state].")]
 LrFileOpt = Annotated[Optional[Path], typer.Option("--lr-file", help="CSV of step,lr (a header line is allowed).")]
+SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Run the pass on the Dask cluster at this address, e.g. tcp://host:8786 (pip install 'trajcli[dask]').")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Run the pass on a local Dask cluster of N worker processes.")]
 RecomputeOpt = Annotated[bool, typer.Option("--recompute", help="Read the checkpoints even when --out holds Grams saved from them.")]
 
 
@@ -179,6 +181,8 @@ def similarity(
     plot_format: FormatOpt = "png",
     json_output: JsonOpt = False,
     device: DeviceOpt = "auto",
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     recompute: RecomputeOpt = False,
     quiet: QuietOpt = False,
     strict: StrictOpt = False,
@@ -198,7 +202,8 @@ def similarity(
     _check_choice(mode, "--mode", _modes())
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
-    inv, grams, out_dir, _ = _read_pass(paths, selection, memory_budget, out, quiet, device=device, recompute=recompute)
+    inv, grams, out_dir, _ = _read_pass(paths, selection, memory_budget, out, quiet, device=device, recompute=recompute,
+                                        scheduler=scheduler, workers=workers)
     doc, matrix, warnings = similarity_result(inv, grams, mode, reference)
     _warn_all(inv.warnings + warnings, quiet)
     if strict and doc["nonfinite"]:
@@ -231,7 +236,8 @@ def _warn_all(messages: list[str], quiet: bool) -> None:
             warn(message)
 
 
-def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, device="auto", recompute=False):
+def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, device="auto", recompute=False,
+               scheduler=None, workers=None):
     """Inventory, output folder check, the plan (which needs the inventory), then the single pass —
     or, when --out holds Grams saved from these very checkpoints, no pass at all.
 
@@ -260,7 +266,8 @@ def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, devic
             if grams is not None and not quiet:
                 typer.echo(f"trajcli: reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)", err=True)
         if grams is None:
-            grams = read_trajectory(inv, budget, quiet=quiet, segments=segments, device=resolve_device(device))
+            grams = read_trajectory(inv, budget, quiet=quiet, segments=segments, device=resolve_device(device),
+                                    scheduler=scheduler, workers=workers)
             if out_dir is not None:
                 save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
     finally:
@@ -290,6 +297,8 @@ def layers(
     plot_format: FormatOpt = "png",
     json_output: JsonOpt = False,
     device: DeviceOpt = "auto",
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     recompute: RecomputeOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -324,7 +333,7 @@ def layers(
         return plan.segments, (plan, architecture)
 
     inv, grams, out_dir, (plan, architecture) = _read_pass(paths, selection, memory_budget, out, quiet, plan_for,
-                                                           device, recompute)
+                                                           device, recompute, scheduler, workers)
     doc, matrices, warnings = layers_result(inv, grams, plan, by, mode, reference, architecture)
     _warn_all(inv.warnings + warnings, quiet)
     written = render.write_layers(out_dir, doc, matrices, plot_format) if out_dir is not None else []
@@ -357,6 +366,8 @@ def qkv(
     plot_format: FormatOpt = "png",
     json_output: JsonOpt = False,
     device: DeviceOpt = "auto",
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     recompute: RecomputeOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -390,7 +401,7 @@ def qkv(
         return plan.segments, (plan, architecture, layer_ids)
 
     inv, grams, out_dir, (plan, architecture, layer_ids) = _read_pass(paths, selection, memory_budget, out, quiet,
-                                                                      plan_for, device, recompute)
+                                                                      plan_for, device, recompute, scheduler, workers)
     doc, warnings = qkv_result(inv, grams, plan, layer_ids, mode, reference, architecture, bias, per_head)
     _warn_all(inv.warnings + warnings, quiet)
     written = render.write_qkv(out_dir, doc, plot_format) if out_dir is not None else []
@@ -421,6 +432,8 @@ def report(
     memory_budget: BudgetOpt = None,
     plot_format: FormatOpt = "png",
     device: DeviceOpt = "auto",
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     recompute: RecomputeOpt = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -441,11 +454,12 @@ def report(
     if lr is not None and lr_file is not None:
         raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
     _run_report(paths, out, selection, memory_budget, quiet, arch, head_flags, reference, plot_format, device,
-                recompute, json_output, lr, lr_file)
+                recompute, json_output, lr, lr_file, scheduler, workers)
 
 
 def _run_report(paths, out, selection, memory_budget, quiet, arch=None, head_flags=None, reference=None,
-                plot_format="png", device="auto", recompute=False, json_output=False, lr=None, lr_file=None) -> None:
+                plot_format="png", device="auto", recompute=False, json_output=False, lr=None, lr_file=None,
+                scheduler=None, workers=None) -> None:
     """The report flow, shared by `report` and `demo`: plan the finest cut, one pass (or saved Grams),
     every analysis, every file."""
     from trajcli.analysis import plan_report, report_result
@@ -456,7 +470,8 @@ def _run_report(paths, out, selection, memory_budget, quiet, arch=None, head_fla
         plans = plan_report(inv, arch, head_flags or {})
         return plans.segments, plans
 
-    inv, grams, out_dir, plans = _read_pass(paths, selection, memory_budget, out, quiet, plan_for, device, recompute)
+    inv, grams, out_dir, plans = _read_pass(paths, selection, memory_budget, out, quiet, plan_for, device, recompute,
+                                            scheduler, workers)
     points, source = learning_rate_points(inv, lr, lr_file)
     result = report_result(inv, grams, plans, reference, points, source)
     _warn_all(result["warnings"], quiet)
@@ -484,6 +499,8 @@ def dynamics(
     out: OutOpt = None,
     plot_format: FormatOpt = "png",
     device: DeviceOpt = "auto",
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     recompute: RecomputeOpt = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -514,7 +531,8 @@ def dynamics(
         names = {t.name for t in inv.tensors} | {d["tensor"] for d in inv.left_out}
         return {}, scale_invariant_tensors(inv.tensors, names, pattern)
 
-    inv, grams, out_dir, invariant = _read_pass(paths, selection, memory_budget, out, quiet, plan_for, device, recompute)
+    inv, grams, out_dir, invariant = _read_pass(paths, selection, memory_budget, out, quiet, plan_for, device, recompute,
+                                                scheduler, workers)
     points, source = learning_rate_points(inv, lr, lr_file)
     doc, warnings = dynamics_result(inv, grams, points, source, invariant)
     _warn_all(inv.warnings + warnings, quiet)

@@ -34,12 +34,23 @@ def _progress(total_bytes: int, quiet: bool) -> Iterator:
 
 
 def read_trajectory(inv: Inventory, memory_budget_bytes: int, quiet: bool = False, segments: dict | None = None,
-                    device: str = "cpu") -> GramSet:
-    """The single streaming pass over an inventoried trajectory (tensors cut into leaves by `segments`)."""
+                    device: str = "cpu", scheduler: str | None = None, workers: int | None = None) -> GramSet:
+    """The single streaming pass over an inventoried trajectory (tensors cut into leaves by `segments`):
+    in this process, or on a Dask cluster (`scheduler` address, or `workers` local processes)."""
     total = sum(
         t.numel * itemsize(r.tensors[t.name].dtype) for t in inv.tensors for r in inv.readers
     )
-    with _progress(total, quiet) as on_bytes:
-        grams = accumulate(inv, memory_budget_bytes, on_bytes, segments, device)
-    return grams
+    if scheduler is None and workers is None:
+        with _progress(total, quiet) as on_bytes:
+            return accumulate(inv, memory_budget_bytes, on_bytes, segments, device)
+    from trajcli.engine.distributed import accumulate_distributed, connect
 
+    client = connect(scheduler, workers)
+    try:
+        with _progress(total, quiet) as on_bytes:
+            return accumulate_distributed(inv, client, memory_budget_bytes, segments, on_bytes)
+    finally:
+        cluster = client.cluster if scheduler is None else None
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -153,11 +153,16 @@ def accumulate(
             sums[leaf] = sums[leaf] + part if leaf in sums else part
         if on_bytes is not None:
             on_bytes(sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype) for r in inv.readers))
+    return finish_gramset(grams, inv, segments, sums, products.to_numpy)
+
+
+def finish_gramset(grams: GramSet, inv: Inventory, segments: dict[str, Segment], sums: dict, to_numpy) -> GramSet:
+    """Fill `grams` from the summed products: one basis Gram, size and tensor per leaf."""
     for spec in inv.tensors:
         segment = segments.get(spec.name) or whole_segment(spec)
         per_index = spec.numel // (spec.shape[segment.axis] if spec.shape else 1)
         for start, stop, leaf in segment.ranges:
-            grams.basis[leaf] = products.to_numpy(sums[leaf])
+            grams.basis[leaf] = to_numpy(sums[leaf])
             grams.tensor_of[leaf] = spec.name
             grams.n_params[leaf] = grams.n_params.get(leaf, 0) + per_index * (stop - start)
     return grams

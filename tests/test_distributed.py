@@ -1,0 +1,136 @@
+"""The pass on a Dask LocalCluster (two worker processes on loopback) against the single-process pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import random_trajectory, run, save_safetensors_dir
+from test_qkv import write_trajectory
+from trajcli.engine.gram import accumulate
+from trajcli.errors import DataError, UsageError
+from trajcli.io.discover import discover_checkpoints
+from trajcli.io.inventory import Selection, take_inventory
+
+distributed = pytest.importorskip("dask.distributed", reason="dask is a test dependency (pip install -e '.[test]')")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from dask.distributed import Client, LocalCluster
+
+    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1")
+    client = Client(local)
+    yield local, client
+    client.close()
+    local.close()
+
+
+def _inventory(folder):
+    return take_inventory(discover_checkpoints([str(folder)]), Selection())
+
+
+def _assert_same(a, b, rel=1e-12):
+    assert a.basis.keys() == b.basis.keys() and a.nonfinite == b.nonfinite and a.n_params == b.n_params
+    for leaf in a.basis:
+        scale = np.abs(a.basis[leaf]).max()
+        np.testing.assert_allclose(b.basis[leaf], a.basis[leaf], rtol=0, atol=rel * scale)
+
+
+def test_same_grams_as_one_process_with_heads_and_nan(tmp_path, cluster):
+    from trajcli.arch.families import family_by_name
+    from trajcli.arch.grouping import plan_qkv
+    from trajcli.arch.layouts import HeadCounts
+    from trajcli.engine.distributed import accumulate_distributed
+
+    write_trajectory("falcon_new", tmp_path / "run", n=5)
+    from safetensors.torch import load_file, save_file
+
+    shard = tmp_path / "run" / "step2" / "model.safetensors"
+    state = load_file(str(shard))
+    state["transformer.h.0.mlp.dense_h_to_4h.weight"][0, :2] = float("nan")
+    save_file(state, str(shard), metadata={"format": "pt"})
+    inv = _inventory(tmp_path / "run")
+    try:
+        plan, _ = plan_qkv(inv.tensors, family_by_name("falcon_new"), HeadCounts(4, 2, 4, "test"), True, True)
+        alone = accumulate(inv, 1 << 14, segments=plan.segments)
+        spread = accumulate_distributed(inv, cluster[1], 1 << 14, plan.segments)
+    finally:
+        inv.close()
+    assert alone.nonfinite == {"transformer.h.0.mlp.dense_h_to_4h.weight": {2: 2}}
+    _assert_same(alone, spread)
+
+
+def test_a_killed_worker_does_not_change_the_result(tmp_path, cluster):
+    from trajcli.engine.distributed import accumulate_distributed
+
+    for k, sd in enumerate(random_trajectory(4, seed=7, shapes={"w": (4000, 8), "b": (300,)})):
+        save_safetensors_dir(tmp_path / f"step{k}", sd)
+    local, client = cluster
+    killed = []
+
+    def kill_one_worker(_):
+        if not killed:  # SIGKILL one worker process after the first results are in
+            victim = sorted(client.scheduler_info()["workers"])[0]
+            pid = client.run(os.getpid, workers=[victim])[victim]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(victim)
+
+    inv = _inventory(tmp_path)
+    try:
+        alone = accumulate(inv, 1 << 15)
+        spread = accumulate_distributed(inv, client, 1 << 15, on_bytes=kill_one_worker)  # ~250 small tasks
+    finally:
+        inv.close()
+    assert killed
+    _assert_same(alone, spread)
+
+
+def test_a_failed_read_names_the_file(tmp_path, cluster):
+    from trajcli.engine.distributed import accumulate_distributed
+
+    for k, sd in enumerate(random_trajectory(3, seed=8)):
+        save_safetensors_dir(tmp_path / f"step{k}", sd)
+    inv = _inventory(tmp_path)
+    bad = tmp_path / "step1" / "model.safetensors"
+    bad.write_bytes(bad.read_bytes()[:-16])  # damaged after the inventory: the workers find out
+    try:
+        with pytest.raises(DataError, match="step1/model.safetensors"):
+            accumulate_distributed(inv, cluster[1], 1 << 20)
+    finally:
+        inv.close()
+
+
+def test_cli_on_the_cluster_equals_one_process(tmp_path, cluster):
+    write_trajectory("gpt_neox", tmp_path / "run", n=4)
+    address = cluster[0].scheduler_address
+    for command in (["similarity", "--mode", "update"], ["qkv", "--per-head"]):
+        alone = run([command[0], tmp_path / "run", *command[1:], "--json"])
+        spread = run([command[0], tmp_path / "run", *command[1:], "--json", "--scheduler", address])
+        assert alone.exit_code == 0 and spread.exit_code == 0, spread.stderr
+        a, b = json.loads(alone.stdout), json.loads(spread.stdout)
+        if command[0] == "similarity":
+            np.testing.assert_allclose(np.array(b["matrix"], float), np.array(a["matrix"], float), atol=1e-12)
+        else:
+            for x, y in zip(a["layers"], b["layers"]):
+                assert y["heads"] == pytest.approx(x["heads"], abs=1e-12)
+
+
+def test_missing_files_are_listed():
+    from trajcli.engine.distributed import _missing_files
+
+    assert _missing_files([sys.executable, "/nonexistent/model.safetensors"]) == ["/nonexistent/model.safetensors"]
+
+
+def test_without_dask_the_flag_says_what_to_install(monkeypatch):
+    from trajcli.engine import distributed as d
+
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)
+    with pytest.raises(UsageError, match="need Dask") as caught:
+        d.connect(None, 2)
+    assert "pip install 'trajcli[dask]'" in caught.value.hint

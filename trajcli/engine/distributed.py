@@ -1,0 +1,118 @@
+"""The single pass on a Dask cluster: each task reads one chunk of one tensor from every checkpoint
+and returns its small N × N partial Grams; the partial Grams are summed in float64 here.
+
+Workers open the checkpoints themselves (they must see the same files: checked up front) and keep
+them open between tasks. A lost worker's tasks are retried elsewhere by Dask; a failed read fails the
+run with the file's name, as in a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from trajcli.arch.grouping import Segment
+from trajcli.engine.gram import (DEFAULT_MEMORY_BUDGET, GramSet, _Chunk, _difference_in_place, _plan_chunks,
+                                 _products_without_nonfinite, _read_chunk, chunk_elems_for, finish_gramset, itemsize,
+                                 _NumpyProducts)
+from trajcli.errors import DataError, UsageError
+from trajcli.io.discover import Checkpoint
+from trajcli.io.inventory import Inventory
+
+_OPEN: dict[tuple, list] = {}  # per worker process: the checkpoints it has opened
+
+
+@dataclass
+class _Readers:
+    """What the chunk helpers need of an Inventory: the open readers, in training order."""
+
+    readers: list
+
+
+def _readers_for(checkpoints: tuple[Checkpoint, ...]) -> _Readers:
+    from trajcli.io.sources import open_checkpoint
+
+    key = tuple(str(c.path) for c in checkpoints)
+    if key not in _OPEN:
+        _OPEN[key] = [open_checkpoint(c) for c in checkpoints]
+    return _Readers(_OPEN[key])
+
+
+def _chunk_task(checkpoints: tuple[Checkpoint, ...], chunk: _Chunk) -> tuple[dict, dict]:
+    """Runs on a worker: (leaf -> partial basis Gram, checkpoint index -> NaN/Inf count)."""
+    readers = _readers_for(checkpoints)
+    n = len(checkpoints)
+    x = np.empty((n, chunk.n_elems))
+    _read_chunk(readers, chunk, x)
+    _difference_in_place(x)
+    products = _NumpyProducts()
+    parts = products(x, chunk)
+    scratch = GramSet([c.name for c in checkpoints])
+    if not products.finite(parts):
+        parts = _products_without_nonfinite(readers, chunk, x, products, scratch)
+    return parts, scratch.nonfinite.get(chunk.spec.name, {})
+
+
+def _missing_files(paths: list[str]) -> list[str]:
+    """Runs on each worker: the checkpoint files it cannot read."""
+    return [p for p in paths if not os.access(p, os.R_OK)]
+
+
+def connect(scheduler: str | None, n_workers: int | None):
+    """A Dask client: to `scheduler`, or to a local cluster of `n_workers` processes on this machine."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("--scheduler/--workers need Dask's distributed scheduler",
+                         "pip install 'trajcli[dask]'") from None
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise DataError(f"cannot reach the Dask scheduler at {scheduler}: {exc}",
+                            "check the address (e.g. tcp://host:8786) and that the scheduler is running") from None
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           host="127.0.0.1")
+    return Client(cluster)
+
+
+def accumulate_distributed(
+    inv: Inventory,
+    client,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    segments: dict[str, Segment] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> GramSet:
+    """The per-leaf basis Grams of `accumulate`, computed by the workers of `client`.
+
+    Tasks are shaped by the memory budget per worker; partial Grams are summed in float64 as they
+    arrive (the order differs from a single process only by float64 rounding)."""
+    from dask.distributed import as_completed
+
+    paths = sorted({str(f.resolve()) for c in inv.checkpoints for f in c.files})
+    for worker, missing in client.run(_missing_files, paths).items():
+        if missing:
+            raise DataError(f"Dask worker {worker} cannot read {missing[0]}"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                            "the checkpoints must be on a filesystem every worker sees, at the same path")
+    n = len(inv.checkpoints)
+    segments = segments or {}
+    chunks = _plan_chunks(inv, segments, chunk_elems_for(n, memory_budget_bytes))
+    checkpoints = tuple(inv.checkpoints)
+    futures = {client.submit(_chunk_task, checkpoints, chunk, pure=False, retries=2): chunk for chunk in chunks}
+    sums: dict[str, np.ndarray] = {}
+    grams = GramSet([c.name for c in inv.checkpoints])
+    for future in as_completed(futures):
+        parts, bad = future.result()
+        for leaf, part in parts.items():
+            sums[leaf] = sums[leaf] + part if leaf in sums else part
+        chunk = futures[future]
+        counts = grams.nonfinite.setdefault(chunk.spec.name, {}) if bad else None
+        for k, c in bad.items():
+            counts[k] = counts.get(k, 0) + c
+        if on_bytes is not None:
+            on_bytes(sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype) for r in inv.readers))
+    return finish_gramset(grams, inv, segments, sums, lambda total: total)
