@@ -106,26 +106,24 @@ def build_page(title: str, source: str, headline: list[tuple[str, str, str]], se
     return "".join(parts)
 
 
+def _table(headers: list[str], rows: list[list[str]], cell_class: str = "") -> str:
+    """A plain HTML table; headers may hold markup, cells are already escaped."""
+    attr = f" class='{cell_class}'" if cell_class else ""
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td{attr}>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def regime_table(doc: dict) -> str:
-    rows = ["<table><tr><th>group</th><th>regime</th><th>median step angle</th><th>angle/step change</th>"
-            "<th>norm change</th></tr>"]
-    for g in doc["groups"]:
-        if g["kind"] == "tensor":
-            continue
-        r = g["regime"]
-        cells = [html.escape(g["name"]), r["verdict"], _fmt(r["median_angle_deg"], ".3f") + "°",
-                 _fmt(r["rate_change_factor"], ".3g"), _fmt(r["norm_change_factor"], ".3g")]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    rows.append("</table>")
-    return "".join(rows)
+    rows = [[html.escape(g["name"]), g["regime"]["verdict"], _fmt(g["regime"]["median_angle_deg"], ".3f") + "°",
+             _fmt(g["regime"]["rate_change_factor"], ".3g"), _fmt(g["regime"]["norm_change_factor"], ".3g")]
+            for g in doc["groups"] if g["kind"] != "tensor"]
+    return _table(["group", "regime", "median step angle", "angle/step change", "norm change"], rows)
 
 
 def qkv_table(doc: dict) -> str:
-    rows = ["<table><tr><th>layer</th><th>depth</th><th>ω<sub>Q</sub></th><th>ω<sub>K</sub></th>"
-            "<th>ω<sub>V</sub></th><th>heterogeneity</th><th>map distance</th></tr>"]
-    for e in doc["layers"]:
-        cells = [str(e["layer"]), f"{e['depth']:.2f}", _fmt(e["q"]["mds"], ".4f"), _fmt(e["k"]["mds"], ".4f"),
-                 _fmt(e["v"]["mds"], ".4f"), _fmt(e["heterogeneity"], ".4f"), _fmt(e["map_distance"], ".4f")]
-        rows.append("<tr>" + "".join(f"<td class='num'>{c}</td>" for c in cells) + "</tr>")
-    rows.append("</table>")
-    return "".join(rows)
+    rows = [[str(e["layer"]), f"{e['depth']:.2f}", _fmt(e["q"]["mds"], ".4f"), _fmt(e["k"]["mds"], ".4f"),
+             _fmt(e["v"]["mds"], ".4f"), _fmt(e["heterogeneity"], ".4f"), _fmt(e["map_distance"], ".4f")]
+            for e in doc["layers"]]
+    headers = ["layer", "depth", "ω<sub>Q</sub>", "ω<sub>K</sub>", "ω<sub>V</sub>", "heterogeneity", "map distance"]
+    return _table(headers, rows, "num")
