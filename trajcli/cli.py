@@ -7,6 +7,7 @@ progress go to stderr. Exit codes: 0 success, 1 bad data or a failed run, 2 bad 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 import os
 import signal
 from pathlib import Path
@@ -202,8 +203,8 @@ def similarity(
     _check_choice(mode, "--mode", _modes())
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
-    inv, grams, out_dir, _ = _read_pass(paths, selection, memory_budget, out, quiet, device=device, recompute=recompute,
-                                        scheduler=scheduler, workers=workers)
+    options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
+    inv, grams, out_dir, _ = _read_pass(paths, selection, out, options)
     doc, matrix, warnings = similarity_result(inv, grams, mode, reference)
     _warn_all(inv.warnings + warnings, quiet)
     if strict and doc["nonfinite"]:
@@ -236,8 +237,19 @@ def _warn_all(messages: list[str], quiet: bool) -> None:
             warn(message)
 
 
-def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, device="auto", recompute=False,
-               scheduler=None, workers=None):
+@dataclass
+class PassOptions:
+    """How a command reads its checkpoints: the flags every reading command shares."""
+
+    memory_budget: str | None = None
+    device: str = "auto"
+    scheduler: str | None = None
+    workers: int | None = None
+    recompute: bool = False
+    quiet: bool = False
+
+
+def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
     """Inventory, output folder check, the plan (which needs the inventory), then the single pass —
     or, when --out holds Grams saved from these very checkpoints, no pass at all.
 
@@ -249,11 +261,11 @@ def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, devic
     from trajcli.pipeline import load_inventory, read_trajectory
     from trajcli.report import render
 
-    _check_choice(device, "--device", ("auto", "cpu", "cuda"))
-    budget = parse_budget(memory_budget)
+    _check_choice(options.device, "--device", ("auto", "cpu", "cuda"))
+    budget = parse_budget(options.memory_budget)
     available = available_memory_bytes()
-    if memory_budget is not None and available and budget > available // 2 and not quiet:
-        warn(f"--memory-budget {memory_budget} is more than half of the {available >> 20} MiB available now")
+    if options.memory_budget is not None and available and budget > available // 2 and not options.quiet:
+        warn(f"--memory-budget {options.memory_budget} is more than half of the {available >> 20} MiB available now")
     if out is not None:
         _import_plotting_in_background()  # plots follow; matplotlib loads while the checkpoints are read
     inv = load_inventory(paths, selection)
@@ -261,13 +273,14 @@ def _read_pass(paths, selection, memory_budget, out, quiet, plan_for=None, devic
         out_dir = render.prepare_out(out, inv) if out is not None else None
         segments, planned = plan_for(inv) if plan_for is not None else ({}, None)
         grams = None
-        if out_dir is not None and not recompute:
+        if out_dir is not None and not options.recompute:
             grams = load_grams(out_dir / GRAMS_FILE, inv, segments)
-            if grams is not None and not quiet:
+            if grams is not None and not options.quiet:
                 typer.echo(f"trajcli: reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)", err=True)
         if grams is None:
-            grams = read_trajectory(inv, budget, quiet=quiet, segments=segments, device=resolve_device(device),
-                                    scheduler=scheduler, workers=workers)
+            grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments,
+                                    device=resolve_device(options.device), scheduler=options.scheduler,
+                                    workers=options.workers)
             if out_dir is not None:
                 save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
     finally:
@@ -332,8 +345,8 @@ def layers(
         plan = plan_layers(inv.tensors, by, architecture.family, architecture.heads)
         return plan.segments, (plan, architecture)
 
-    inv, grams, out_dir, (plan, architecture) = _read_pass(paths, selection, memory_budget, out, quiet, plan_for,
-                                                           device, recompute, scheduler, workers)
+    options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
+    inv, grams, out_dir, (plan, architecture) = _read_pass(paths, selection, out, options, plan_for)
     doc, matrices, warnings = layers_result(inv, grams, plan, by, mode, reference, architecture)
     _warn_all(inv.warnings + warnings, quiet)
     written = render.write_layers(out_dir, doc, matrices, plot_format) if out_dir is not None else []
@@ -400,8 +413,8 @@ def qkv(
         plan, layer_ids = plan_qkv(inv.tensors, architecture.family, architecture.heads, per_head, bias)
         return plan.segments, (plan, architecture, layer_ids)
 
-    inv, grams, out_dir, (plan, architecture, layer_ids) = _read_pass(paths, selection, memory_budget, out, quiet,
-                                                                      plan_for, device, recompute, scheduler, workers)
+    options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
+    inv, grams, out_dir, (plan, architecture, layer_ids) = _read_pass(paths, selection, out, options, plan_for)
     doc, warnings = qkv_result(inv, grams, plan, layer_ids, mode, reference, architecture, bias, per_head)
     _warn_all(inv.warnings + warnings, quiet)
     written = render.write_qkv(out_dir, doc, plot_format) if out_dir is not None else []
@@ -453,13 +466,13 @@ def report(
     head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
     if lr is not None and lr_file is not None:
         raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
-    _run_report(paths, out, selection, memory_budget, quiet, arch, head_flags, reference, plot_format, device,
-                recompute, json_output, lr, lr_file, scheduler, workers)
+    options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
+    _run_report(paths, out, selection, options, arch=arch, head_flags=head_flags, reference=reference,
+                plot_format=plot_format, json_output=json_output, lr=lr, lr_file=lr_file)
 
 
-def _run_report(paths, out, selection, memory_budget, quiet, arch=None, head_flags=None, reference=None,
-                plot_format="png", device="auto", recompute=False, json_output=False, lr=None, lr_file=None,
-                scheduler=None, workers=None) -> None:
+def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_flags=None, reference=None,
+                plot_format="png", json_output=False, lr=None, lr_file=None) -> None:
     """The report flow, shared by `report` and `demo`: plan the finest cut, one pass (or saved Grams),
     every analysis, every file."""
     from trajcli.analysis import plan_report, report_result
@@ -470,11 +483,10 @@ def _run_report(paths, out, selection, memory_budget, quiet, arch=None, head_fla
         plans = plan_report(inv, arch, head_flags or {})
         return plans.segments, plans
 
-    inv, grams, out_dir, plans = _read_pass(paths, selection, memory_budget, out, quiet, plan_for, device, recompute,
-                                            scheduler, workers)
+    inv, grams, out_dir, plans = _read_pass(paths, selection, out, options, plan_for)
     points, source = learning_rate_points(inv, lr, lr_file)
     result = report_result(inv, grams, plans, reference, points, source)
-    _warn_all(result["warnings"], quiet)
+    _warn_all(result["warnings"], options.quiet)
     document, written = render.write_report(out_dir, result, plot_format)
     if json_output:
         render.print_json(document)
@@ -531,8 +543,8 @@ def dynamics(
         names = {t.name for t in inv.tensors} | {d["tensor"] for d in inv.left_out}
         return {}, scale_invariant_tensors(inv.tensors, names, pattern)
 
-    inv, grams, out_dir, invariant = _read_pass(paths, selection, memory_budget, out, quiet, plan_for, device, recompute,
-                                                scheduler, workers)
+    options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
+    inv, grams, out_dir, invariant = _read_pass(paths, selection, out, options, plan_for)
     points, source = learning_rate_points(inv, lr, lr_file)
     doc, warnings = dynamics_result(inv, grams, points, source, invariant)
     _warn_all(inv.warnings + warnings, quiet)
@@ -619,7 +631,7 @@ def demo(
     else:
         typer.echo(f"training a tiny GPT-NeoX-layout model; checkpoints go to {checkpoints}", err=True)
         make_demo_trajectory(checkpoints, log=None if quiet else (lambda m: typer.echo(f"  {m}", err=True)))
-    _run_report([str(checkpoints)], folder / "report", Selection(), memory_budget, quiet)
+    _run_report([str(checkpoints)], folder / "report", Selection(), PassOptions(memory_budget, quiet=quiet))
 
 def main() -> None:
     app()
