@@ -54,8 +54,11 @@ def test_demo_command_end_to_end(tmp_path):
     document = json.loads((report / "report.json").read_text())
     assert document["headline"]["n_checkpoints"] == 16
     assert document["architecture"]["name"] == "gpt_neox"
-    assert {"report.html", "qkv.json", "similarity_displacement.png", "pca.png"} <= set(document["files"])
+    assert {"report.html", "qkv.json", "similarity_displacement.png", "pca.png", "curvature.json",
+            "sharpness.png"} <= set(document["files"])
+    assert (tmp_path / "demo" / "tokens.npy").is_file()
+    assert document["headline"]["sharpness_last"] > 0
     assert all((report / name).is_file() for name in document["files"])
     assert "MDS ω, displacement" in result.stdout
-    again = run(["demo", tmp_path / "demo", "--quiet"])
+    again = run(["demo", tmp_path / "demo", "--quiet", "--no-curvature"])
     assert again.exit_code == 0 and "already in" in again.stderr

@@ -446,3 +446,52 @@ def dynamics_result(inv: Inventory, grams: GramSet, lr_points: list, lr_source: 
         warnings.append("no learning rate found (trainer_state.json, optimizer state); effective learning rates "
                         "are left out — pass --lr VALUE or --lr-file CSV (dynamics, report)")
     return doc, warnings
+
+
+# ---- curvature -----------------------------------------------------------------------------------
+
+CURVATURE_SCHEMA = "trajcli.curvature/1"
+
+
+def curvature_result(inv: Inventory, measured: dict, data: dict, settings: dict, lr_points: list,
+                     lr_source: str | None, momentum: float | None, momentum_source: str | None) -> tuple[dict, list[str]]:
+    """The curvature document: per checkpoint loss, gradient norm, top eigenvalues (with the Lanczos
+    iterations and residuals), trace, curvature along the next step and the glass per block; the
+    edge-of-stability lines where a learning rate is known."""
+    from trajcli.metrics import curvature as cm
+    from trajcli.metrics import dynamics as dyn
+
+    warnings = []
+    steps = [c.step if c.step is not None else k for k, c in enumerate(inv.checkpoints)]
+    lr = dyn.learning_rate_at(steps, lr_points) if lr_points else None
+    points = []
+    for ckpt, step, p in zip(inv.checkpoints, steps, measured["points"]):
+        eig = p["lanczos"]
+        if not eig["converged"]:
+            warnings.append(f"{ckpt.name}: Lanczos stopped after {eig['iterations']} iterations with residuals "
+                            f"{', '.join(f'{r:.2g}' for r in eig['residuals'])} above the tolerance; "
+                            "raise --lanczos-iters for tighter eigenvalues")
+        points.append({"checkpoint": ckpt.name, "step": step, "loss": p["loss"], "grad_norm": p["grad_norm"],
+                       "eigenvalues": eig["eigenvalues"],
+                       "lanczos": {k: eig[k] for k in ("iterations", "residuals", "converged", "exhausted")},
+                       "trace": p["trace"], "direction": p["direction"], "glass": p["glass"]})
+    if data["batch_size"] < data["batch_size_requested"]:
+        warnings.append(f"--data holds {data['rows_available']} rows, fewer than --batch-size "
+                        f"{data['batch_size_requested']}: the batch uses all of them")
+    doc = {"schema": CURVATURE_SCHEMA, "trajcli_version": __version__, "checkpoints": checkpoints_json(inv),
+           "steps": steps, "model": measured["model"], "data": data, "settings": settings,
+           "lr": lr, "lr_source": lr_source, "momentum": momentum, "momentum_source": momentum_source,
+           "edge_of_stability": cm.edge_of_stability(lr, momentum) if lr is not None else None,
+           "points": points}
+    if lr is None:
+        warnings.append("no learning rate found (trainer_state.json, optimizer state): the 2/η line is left out — "
+                        "pass --lr VALUE or --lr-file CSV")
+    return doc, warnings
+
+
+def curvature_headline(doc: dict) -> dict:
+    """The report's headline numbers from a curvature document."""
+    first, last = doc["points"][0], doc["points"][-1]
+    return {"loss_first": first["loss"], "loss_last": last["loss"],
+            "sharpness_first": first["eigenvalues"][0], "sharpness_last": last["eigenvalues"][0],
+            "glass_exponent_last": last["glass"][0]["exponent"]}

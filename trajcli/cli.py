@@ -117,6 +117,14 @@ LrOpt = Annotated[Optional[float], typer.Option("--lr", help="A constant learnin
 LrFileOpt = Annotated[Optional[Path], typer.Option("--lr-file", help="CSV of step,lr (a header line is allowed).")]
 SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Run the pass on the Dask cluster at this address, e.g. tcp://host:8786 (pip install 'trajcli[dask]').")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Run the pass on a local Dask cluster of N worker processes.")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Token ids (.npy/.pt), a text file (tokenized with the checkpoints' tokenizer), or arrays (.npz/.pt) for a --model loss.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="MODULE:FUNCTION (or FILE.py:FUNCTION) returning (nn.Module, loss_fn(module, batch)) [default: the causal LM of config.json, pip install 'trajcli[models]'].")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Rows (sequences) in the one fixed batch used at every checkpoint.")]
+SeqLenOpt = Annotated[Optional[int], typer.Option("--seq-len", min=2, help="Tokens per sequence [default: 128, at most the model's context].")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the batch rows and of every random direction.")]
+TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="How many of the largest Hessian eigenvalues.")]
+MomentumOpt = Annotated[Optional[float], typer.Option("--momentum", min=0.0, max=1.0, help="The run's momentum (SGD) or Adam beta1, for the momentum edge-of-stability line [default: the optimizer state].")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Precision of the model during the probes: float64 (exact finite differences) or float32.")]
 RecomputeOpt = Annotated[bool, typer.Option("--recompute", help="Read the checkpoints even when --out holds Grams saved from them.")]
 
 
@@ -448,12 +456,21 @@ def report(
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
     recompute: RecomputeOpt = False,
+    data: DataOpt = None,
+    model: ModelOpt = None,
+    batch_size: BatchSizeOpt = 8,
+    seq_len: SeqLenOpt = None,
+    seed: SeedOpt = 0,
+    top_k: TopKOpt = 3,
+    momentum: MomentumOpt = None,
+    dtype: DtypeOpt = "float64",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Everything from one pass: trajectory maps in three modes, layers by block and role, Q/K/V
-    (with heads) when the architecture is known, lengths and bends, the 2-D trajectory; every
-    JSON/CSV/NPY file, the plots and a self-contained report.html.
+    (with heads) when the architecture is known, lengths and bends, the 2-D trajectory, dynamics;
+    every JSON/CSV/NPY file, the plots and a self-contained report.html. With --data, also the
+    curvature along the trajectory (as `trajcli curvature`, default settings).
 
     Examples:
 
@@ -467,14 +484,67 @@ def report(
     if lr is not None and lr_file is not None:
         raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
     options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
+    probe = None
+    if data is not None:
+        probe = CurvatureRequest(data, model, batch_size, seq_len,
+                                 _curvature_settings(seed=seed, top_k=top_k, dtype=dtype, device=device), momentum)
+    elif model is not None:
+        raise typer.BadParameter("--model needs --data (the batch the curvature is measured on)", param_hint="'--model'")
     _run_report(paths, out, selection, options, arch=arch, head_flags=head_flags, reference=reference,
-                plot_format=plot_format, json_output=json_output, lr=lr, lr_file=lr_file)
+                plot_format=plot_format, json_output=json_output, lr=lr, lr_file=lr_file, curvature=probe)
+
+
+@dataclass
+class CurvatureRequest:
+    """What `curvature` (and `report --data`) measures on: data, model, batch, probe settings."""
+
+    data: Path
+    model: str | None
+    batch_size: int
+    seq_len: int | None
+    settings: object  # trajcli.curvature.run.CurvatureSettings (imported lazily)
+    momentum: float | None = None
+
+
+def _curvature_settings(**kwargs):
+    from trajcli.curvature.run import DTYPES, CurvatureSettings
+    from trajcli.engine.gram import resolve_device
+
+    _check_choice(kwargs["dtype"], "--dtype", tuple(DTYPES))
+    _check_choice(kwargs["device"], "--device", ("auto", "cpu", "cuda"))
+    kwargs["device"] = resolve_device(kwargs["device"])
+    return CurvatureSettings(**kwargs)
+
+
+def _measure_curvature(paths, selection, request: CurvatureRequest, lr, lr_file, quiet: bool, out=None):
+    """Inventory (headers), the --out check, the model and the batch, the walk over the checkpoints;
+    returns the document and the output folder (None without `out`)."""
+    from trajcli.analysis import curvature_result
+    from trajcli.curvature.run import curvature_pass
+    from trajcli.io.lr import learning_rate_points, momentum_of
+    from trajcli.pipeline import load_inventory, progress_bar
+    from trajcli.report import render
+
+    inv = load_inventory(paths, selection, min_checkpoints=1)
+    try:
+        out_dir = render.prepare_out(out, inv) if out is not None else None
+        with progress_bar(len(inv.checkpoints), quiet, "curvature", "checkpoints") as advance:
+            measured, data = curvature_pass(inv, request.data, request.model, request.batch_size, request.seq_len,
+                                            request.settings, (lambda k: advance(1)) if advance else None)
+        points, source = learning_rate_points(inv, lr, lr_file)
+        momentum, momentum_source = momentum_of(inv, request.momentum)
+    finally:
+        inv.close()
+    doc, warnings = curvature_result(inv, measured, data, request.settings.to_json(), points, source,
+                                     momentum, momentum_source)
+    _warn_all(inv.warnings + warnings, quiet)
+    return doc, out_dir
 
 
 def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_flags=None, reference=None,
-                plot_format="png", json_output=False, lr=None, lr_file=None) -> None:
+                plot_format="png", json_output=False, lr=None, lr_file=None, curvature=None) -> None:
     """The report flow, shared by `report` and `demo`: plan the finest cut, one pass (or saved Grams),
-    every analysis, every file."""
+    every analysis, every file; with a `CurvatureRequest`, the curvature walk too."""
     from trajcli.analysis import plan_report, report_result
     from trajcli.io.lr import learning_rate_points
     from trajcli.report import render
@@ -487,6 +557,11 @@ def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_
     points, source = learning_rate_points(inv, lr, lr_file)
     result = report_result(inv, grams, plans, reference, points, source)
     _warn_all(result["warnings"], options.quiet)
+    if curvature is not None:
+        from trajcli.analysis import curvature_headline
+
+        result["curvature"], _ = _measure_curvature(paths, selection, curvature, lr, lr_file, options.quiet)
+        result["headline"].update(curvature_headline(result["curvature"]))
     document, written = render.write_report(out_dir, result, plot_format)
     if json_output:
         render.print_json(document)
@@ -560,6 +635,82 @@ def dynamics(
 
 @app.command()
 @handles_errors
+def curvature(
+    paths: PathsArg,
+    data: Annotated[Path, typer.Option("--data", help="Token ids (.npy/.pt), a text file (tokenized with the checkpoints' tokenizer), or arrays (.npz/.pt) for a --model loss.")],
+    model: ModelOpt = None,
+    batch_size: BatchSizeOpt = 8,
+    seq_len: SeqLenOpt = None,
+    seed: SeedOpt = 0,
+    top_k: TopKOpt = 3,
+    lanczos_iters: Annotated[int, typer.Option("--lanczos-iters", min=1, help="Most Hessian-vector products per checkpoint for the eigenvalues (memory: this many model-sized vectors).")] = 40,
+    tol: Annotated[float, typer.Option("--tol", min=0.0, help="Lanczos stops when every top-k residual ‖Hy − λy‖ is below tol·|λ_max|.")] = 1e-3,
+    trace_samples: Annotated[int, typer.Option("--trace-samples", min=1, help="Rademacher vectors for Hutchinson's trace (exact when the model has no more parameters).")] = 16,
+    glass_samples: Annotated[int, typer.Option("--glass-samples", min=1, help="Rademacher directions z for the glass diagnostics.")] = 2,
+    sigmas: Annotated[str, typer.Option("--sigmas", help="Comma-separated perturbation sizes σ for the glass (absolute, in parameter units).")] = "1e-5,3e-5,1e-4,3e-4,1e-3",
+    step_fractions: Annotated[str, typer.Option("--step-fractions", help="Comma-separated h/‖θ_k+1 − θ_k‖ for the finite-difference curvature along the step.")] = "0.01,0.1,1",
+    dtype: DtypeOpt = "float64",
+    lr: LrOpt = None,
+    lr_file: LrFileOpt = None,
+    momentum: MomentumOpt = None,
+    every: EveryOpt = 1,
+    max_checkpoints: MaxOpt = None,
+    steps: StepsOpt = None,
+    out: OutOpt = None,
+    plot_format: FormatOpt = "png",
+    device: DeviceOpt = "auto",
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Curvature at every checkpoint on one fixed batch: loss, gradient norm, top Hessian eigenvalues
+    (Lanczos) against 2/η, Hessian trace (Hutchinson), curvature along the run's own next step, and
+    the gradient "glass" per block (the exponent p of E[((g⁺+g⁻)/2 − g⁰)²] ∝ σ^p: ≈4 smooth, ≈1 where
+    gradient jumps dominate).
+
+    Needs the model: a Hugging Face causal LM from each checkpoint's config.json (pip install
+    'trajcli[models]'), or --model MODULE:FUNCTION. Examples:
+
+      trajcli curvature runs/out --data val_tokens.npy --batch-size 16 --out results/
+
+      trajcli curvature trajcli-demo/checkpoints --data trajcli-demo/tokens.npy --model trajcli.demo:curvature_model
+    """
+    from trajcli.report import render
+    from trajcli.report.writers import OutputSet
+
+    if lr is not None and lr_file is not None:
+        raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
+    _check_choice(plot_format, "--format", PLOT_FORMATS)
+    settings = _curvature_settings(top_k=top_k, lanczos_iters=lanczos_iters, tol=tol, trace_samples=trace_samples,
+                                   glass_samples=glass_samples, sigmas=_positive_floats(sigmas, "--sigmas", 2),
+                                   step_fractions=_positive_floats(step_fractions, "--step-fractions", 1),
+                                   seed=seed, dtype=dtype, device=device)
+    selection = _selection(every, max_checkpoints, steps, None, None, "error")
+    request = CurvatureRequest(data, model, batch_size, seq_len, settings, momentum)
+    if out is not None:
+        _import_plotting_in_background()
+    doc, out_dir = _measure_curvature(paths, selection, request, lr, lr_file, quiet, out)
+    written = []
+    if out_dir is not None:
+        with OutputSet(out_dir) as files:
+            written = [out_dir / n for n in render.add_curvature(files, doc, plot_format)]
+    if json_output:
+        render.print_json(doc)
+    else:
+        render.print_curvature(doc, written)
+
+
+def _positive_floats(text: str, flag: str, at_least: int) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=f"'{flag}'") from None
+    if len(values) < at_least or any(not v > 0 for v in values):
+        raise typer.BadParameter(f"{text!r}: give at least {at_least} positive numbers", param_hint=f"'{flag}'")
+    return tuple(sorted(set(values)))
+
+
+@app.command()
+@handles_errors
 def archs(json_output: JsonOpt = False) -> None:
     """List the architecture families whose Q/K/V layout trajcli knows.
 
@@ -610,18 +761,20 @@ def plot(
 @handles_errors
 def demo(
     folder: Annotated[Path, typer.Argument(help="Where to put the demo trajectory and its results.")] = Path("trajcli-demo"),
+    curvature: Annotated[bool, typer.Option("--curvature/--no-curvature", help="Also measure the curvature at every checkpoint (about 40 s on 2 cores).")] = True,
     memory_budget: BudgetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a tiny GPT-NeoX-layout model, save a Pythia-like trajectory, and report on it.
 
-    Writes FOLDER/checkpoints/step*/ (sharded safetensors + config.json) and then runs `trajcli report`
-    on them into FOLDER/report/ (open report.html). About a minute on 2 CPU cores; an existing complete
+    Writes FOLDER/checkpoints/step*/ (sharded safetensors + config.json), FOLDER/tokens.npy (held-out
+    sequences for the curvature) and then runs `trajcli report` on them into FOLDER/report/ (open
+    report.html), curvature included. About two minutes on 2 CPU cores; an existing complete
     trajectory in FOLDER is reused. Example:
 
       trajcli demo && trajcli inspect trajcli-demo/checkpoints
     """
-    from trajcli.demo import DEMO_STEPS, make_demo_trajectory
+    from trajcli.demo import DEMO_STEPS, DEMO_TOKENS, make_demo_trajectory, write_demo_tokens
     from trajcli.io.inventory import Selection
 
     checkpoints = folder / "checkpoints"
@@ -631,7 +784,16 @@ def demo(
     else:
         typer.echo(f"training a tiny GPT-NeoX-layout model; checkpoints go to {checkpoints}", err=True)
         make_demo_trajectory(checkpoints, log=None if quiet else (lambda m: typer.echo(f"  {m}", err=True)))
-    _run_report([str(checkpoints)], folder / "report", Selection(), PassOptions(memory_budget, quiet=quiet))
+    request = None
+    if curvature:
+        write_demo_tokens(folder / DEMO_TOKENS)
+        if not quiet:
+            typer.echo(f"measuring the curvature on 8 sequences of {folder / DEMO_TOKENS}", err=True)
+        request = CurvatureRequest(folder / DEMO_TOKENS, "trajcli.demo:curvature_model", 8, None,
+                                   _curvature_settings(dtype="float64", device="cpu"))
+    _run_report([str(checkpoints)], folder / "report", Selection(), PassOptions(memory_budget, quiet=quiet),
+                curvature=request)
+
 
 def main() -> None:
     app()

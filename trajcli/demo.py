@@ -106,6 +106,17 @@ class TinyNeoX(nn.Module):
         return self.embed_out(self.gpt_neox.final_layer_norm(x))
 
 
+def next_token_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting tokens[:, 1:] from tokens[:, :-1] (as transformers' labels=)."""
+    logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+def curvature_model(config: dict | None = None) -> tuple[nn.Module, object]:
+    """`trajcli curvature --model trajcli.demo:curvature_model`: the demo model and its loss."""
+    return TinyNeoX(config or DEMO_CONFIG), next_token_loss
+
+
 def save_sharded(state: dict[str, torch.Tensor], folder: Path, n_shards: int = 2) -> None:
     """save_pretrained's layout: model-0000i-of-0000n.safetensors + model.safetensors.index.json."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,16 +133,32 @@ def save_sharded(state: dict[str, torch.Tensor], folder: Path, n_shards: int = 2
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def _batches(vocab: int, batch: int, seq: int, gen: torch.Generator):
-    """Sequences from a fixed random Markov chain with a few likely successors per token."""
-    logits = torch.randn(vocab, vocab, generator=gen) * 3.0
-    probs = torch.softmax(logits, dim=-1)
+def _markov_chain(vocab: int, gen: torch.Generator) -> torch.Tensor:
+    """Transition probabilities (vocab, vocab) with a few likely successors per token."""
+    return torch.softmax(torch.randn(vocab, vocab, generator=gen) * 3.0, dim=-1)
+
+
+def _batches(probs: torch.Tensor, batch: int, seq: int, gen: torch.Generator):
+    """Input and target sequences from the Markov chain `probs`."""
+    vocab = probs.shape[0]
     while True:
         x = torch.empty(batch, seq + 1, dtype=torch.long)
         x[:, 0] = torch.randint(0, vocab, (batch,), generator=gen)
         for j in range(seq):
             x[:, j + 1] = torch.multinomial(probs[x[:, j]], 1, generator=gen).squeeze(1)
         yield x[:, :-1], x[:, 1:]
+
+
+DEMO_TOKENS = "tokens.npy"
+
+
+def write_demo_tokens(path: Path, n_seq: int = 64, seed: int = 0) -> None:
+    """Held-out sequences of the demo's Markov chain (for `trajcli curvature --data`): (n_seq, 33) int64."""
+    import numpy as np
+
+    probs = _markov_chain(DEMO_CONFIG["vocab_size"], torch.Generator().manual_seed(seed))  # the training chain
+    x, y = next(_batches(probs, n_seq, 32, torch.Generator().manual_seed(seed + 1_000_003)))  # other sequences
+    np.save(path, torch.cat([x, y[:, -1:]], dim=1).numpy())
 
 
 def make_demo_trajectory(folder: Path, steps: list[int] = DEMO_STEPS, seed: int = 0, log=None) -> list[Path]:
@@ -145,7 +172,7 @@ def make_demo_trajectory(folder: Path, steps: list[int] = DEMO_STEPS, seed: int 
     warmup = 32
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    data = _batches(cfg["vocab_size"], 16, 32, gen)
+    data = _batches(_markov_chain(cfg["vocab_size"], gen), 16, 32, gen)
     folders, log_history = [], []
     for step in range(total + 1):
         log_history.append({"step": step, "learning_rate": sched.get_last_lr()[0]})

@@ -18,18 +18,20 @@ def load_inventory(paths: list[str], selection: Selection, min_checkpoints: int 
 
 
 @contextlib.contextmanager
-def _progress(total_bytes: int, quiet: bool) -> Iterator:
-    """A bytes-read progress bar on stderr, only when stderr is a terminal and not --quiet."""
+def progress_bar(total: int, quiet: bool, what: str = "reading", unit: str = "bytes") -> Iterator:
+    """A progress bar on stderr (bytes read and throughput, or items done), only when stderr is a
+    terminal and not --quiet; yields `advance(n)` or None."""
     if quiet or not sys.stderr.isatty():
         yield None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TimeRemainingColumn,
                                TransferSpeedColumn)
 
-    with Progress("reading", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("read", total=total_bytes)
+    counts = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(), unit)
+    with Progress(what, BarColumn(), *counts, TimeRemainingColumn(), console=Console(stderr=True),
+                  transient=True) as progress:
+        task = progress.add_task(what, total=total)
         yield lambda n: progress.advance(task, n)
 
 
@@ -41,13 +43,13 @@ def read_trajectory(inv: Inventory, memory_budget_bytes: int, quiet: bool = Fals
         t.numel * itemsize(r.tensors[t.name].dtype) for t in inv.tensors for r in inv.readers
     )
     if scheduler is None and workers is None:
-        with _progress(total, quiet) as on_bytes:
+        with progress_bar(total, quiet) as on_bytes:
             return accumulate(inv, memory_budget_bytes, on_bytes, segments, device)
     from trajcli.engine.distributed import accumulate_distributed, connect
 
     client = connect(scheduler, workers)
     try:
-        with _progress(total, quiet) as on_bytes:
+        with progress_bar(total, quiet) as on_bytes:
             return accumulate_distributed(inv, client, memory_budget_bytes, segments, on_bytes)
     finally:
         cluster = client.cluster if scheduler is None else None

@@ -60,3 +60,14 @@ def learning_rate_points(inv: Inventory, lr: float | None, lr_file: Path | None)
     if saved:
         return saved, "optimizer param_groups in the checkpoints"
     return [], None
+
+
+def momentum_of(inv: Inventory, momentum: float | None) -> tuple[float | None, str | None]:
+    """The run's momentum (SGD's momentum or Adam's β₁) and where it came from: --momentum, or the
+    optimizer state saved in the checkpoints; (None, None) when nothing says."""
+    if momentum is not None:
+        return momentum, "--momentum"
+    saved = [r.metadata["momentum"] for r in inv.readers if "momentum" in r.metadata]
+    if saved:
+        return saved[-1], "optimizer param_groups in the checkpoints"
+    return None, None

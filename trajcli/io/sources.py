@@ -55,6 +55,7 @@ class CheckpointReader:
     checkpoint: Checkpoint
     tensors: dict[str, TensorInfo] = field(default_factory=dict)  # parameters, canonical name -> info
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (stored name, why)
+    others: dict[str, TensorInfo] = field(default_factory=dict)  # left-out tensors (buffers …) by canonical name
     size_bytes: int = 0
     metadata: dict = field(default_factory=dict)  # small facts a file carries, e.g. nanoGPT's model_args
     warnings: list[str] = field(default_factory=list)
@@ -72,6 +73,10 @@ class CheckpointReader:
                 f"{self.checkpoint.files[info.file_idx]}: {exc}",
                 "the file is damaged; re-create or re-download it",
             ) from None
+
+    def read_tensor(self, info: TensorInfo) -> torch.Tensor:
+        """One whole tensor, in its stored dtype and shape (for building a model; the pass reads rows)."""
+        return self._rows(info, 0, info.n_rows).reshape(info.shape)
 
     def _rows(self, info: TensorInfo, row_start: int, row_stop: int) -> torch.Tensor:
         raise NotImplementedError
@@ -98,10 +103,12 @@ def _add_tensors(reader: CheckpointReader, stored: list[tuple[str, tuple[int, ..
     for stored_name, shape, dtype, file_idx in stored:
         name = names[stored_name]
         why = why_not_parameter(name, shape, dtype)
+        info = TensorInfo(name, stored_name, shape, dtype, file_idx)
         if why is not None:
             reader.left_out.append((stored_name, why))
+            reader.others[name] = info
         else:
-            reader.tensors[name] = TensorInfo(name, stored_name, shape, dtype, file_idx)
+            reader.tensors[name] = info
 
 
 class SafetensorsReader(CheckpointReader):
@@ -231,9 +238,15 @@ def unwrap_state_dict(obj: object, path: Path) -> tuple[dict, str, int | None, s
     return tensors, fmt, step, step_key
 
 
-def _optimizer_lr(loaded: dict) -> float | None:
-    """The first param group's learning rate of an optimizer state saved in the file (nanoGPT's
-    `optimizer`, Lightning's `optimizer_states[0]`), when there is one."""
+def _number(value) -> float | None:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _optimizer_hparams(loaded: dict) -> dict[str, float]:
+    """The first param group's learning rate and momentum (SGD's `momentum`, Adam's `betas[0]`) of
+    an optimizer state saved in the file (nanoGPT's `optimizer`, Lightning's `optimizer_states[0]`)."""
     candidates = [loaded.get("optimizer")]
     states = loaded.get("optimizer_states")
     if isinstance(states, list) and states:
@@ -241,12 +254,15 @@ def _optimizer_lr(loaded: dict) -> float | None:
     for state in candidates:
         groups = state.get("param_groups") if isinstance(state, dict) else None
         if isinstance(groups, list) and groups and isinstance(groups[0], dict):
-            lr = groups[0].get("lr")
-            if isinstance(lr, torch.Tensor) and lr.numel() == 1:
-                lr = lr.item()
-            if isinstance(lr, (int, float)) and not isinstance(lr, bool):
-                return float(lr)
-    return None
+            group = groups[0]
+            betas = group.get("betas")
+            found = {"lr": _number(group.get("lr")), "momentum": _number(group.get("momentum"))}
+            if found["momentum"] is None and isinstance(betas, (list, tuple)) and betas:
+                found["momentum"] = _number(betas[0])
+            found = {k: v for k, v in found.items() if v is not None}
+            if "lr" in found:
+                return found
+    return {}
 
 
 class TorchReader(CheckpointReader):
@@ -261,9 +277,7 @@ class TorchReader(CheckpointReader):
             tensors, fmt, step, step_key = unwrap_state_dict(loaded, path)
             if isinstance(loaded.get("model_args"), dict):
                 self.metadata["model_args"] = dict(loaded["model_args"])
-            lr = _optimizer_lr(loaded)
-            if lr is not None:
-                self.metadata["lr"] = lr
+            self.metadata.update(_optimizer_hparams(loaded))
             if self.checkpoint.format == "torch-file":
                 self.checkpoint.format = fmt
             lightning = lightning or fmt == "lightning"

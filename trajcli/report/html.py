@@ -33,6 +33,13 @@ EXPLAIN = {
                 "<b>equilibrium</b> (it settles at a constant non-zero level while the norm stabilises) and "
                 "<b>divergence</b> (steps near 90°: a random walk). The verdict is a heuristic over the later half "
                 "of the checkpoints; the evidence is in dynamics.json.",
+    "curvature": "The model's loss on one fixed batch at every checkpoint, and its curvature: the largest Hessian "
+                 "eigenvalue (sharpness, by Lanczos on Hessian-vector products) against 2/η, where gradient descent "
+                 "stops being stable (the edge of stability); the Hessian trace (Hutchinson); and the curvature along "
+                 "the run's own next step, u<sup>T</sup>Hu against finite differences of the loss — where they part, the "
+                 "Hessian does not describe the loss over that step. The glass compares gradients at θ ± σz: the "
+                 "mean squared jump E[((g⁺ + g⁻)/2 − g⁰)²] grows like σ<sup>4</sup> where the loss is smooth and like "
+                 "σ<sup>1</sup> where gradient discontinuities (ReLU kinks) dominate; p is that exponent.",
     "pitfalls": "Log-spaced checkpoints (step 1, 2, 4 … 512) put many rows early in training, and ω is an average "
                 "over pairs, so it weighs early training heavily; compare ω across runs only with the same "
                 "checkpoint schedule. A trajectory map shows directions, not speed: read it with the path lengths.",
@@ -126,4 +133,14 @@ def qkv_table(doc: dict) -> str:
              _fmt(e["v"]["mds"], ".4f"), _fmt(e["heterogeneity"], ".4f"), _fmt(e["map_distance"], ".4f")]
             for e in doc["layers"]]
     headers = ["layer", "depth", "ω<sub>Q</sub>", "ω<sub>K</sub>", "ω<sub>V</sub>", "heterogeneity", "map distance"]
+    return _table(headers, rows, "num")
+
+
+def curvature_table(doc: dict) -> str:
+    edges = doc["edge_of_stability"]
+    rows = [[str(p["step"]), _fmt(p["loss"], ".4f"), _fmt(p["eigenvalues"][0] if p["eigenvalues"] else None, ".4g"),
+             _fmt(edges["gd"]["values"][i], ".4g") if edges else "—", _fmt(p["trace"]["value"], ".4g"),
+             _fmt(p["direction"]["u_h_u"] if p["direction"] else None, ".3g"), _fmt(p["glass"][0]["exponent"], ".2f")]
+            for i, p in enumerate(doc["points"])]
+    headers = ["step", "loss", "λ<sub>max</sub>", "2/η", "tr H", "u<sup>T</sup>Hu", "glass p"]
     return _table(headers, rows, "num")

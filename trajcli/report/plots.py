@@ -299,3 +299,93 @@ def dynamics(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> N
     axes[0].legend(fontsize=6.5)
     fig.suptitle(f"dynamics on the sphere — learning rate from {doc['lr_source'] or 'nowhere (pass --lr)'}", fontsize=10)
     _save(fig, path, fmt)
+
+
+def sharpness(path: Path, doc: dict, fmt: str = "png") -> None:
+    """The top Hessian eigenvalues against step, with the edge-of-stability lines where η is known."""
+    plt = _pyplot()
+    steps = doc["steps"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=DPI)
+    k = max(len(p["eigenvalues"]) for p in doc["points"])
+    for i in range(k):
+        values = [p["eigenvalues"][i] if i < len(p["eigenvalues"]) else np.nan for p in doc["points"]]
+        ax.plot(steps, values, marker="o", ms=3, lw=2 if i == 0 else 1, label=f"λ_{i + 1}" + (" (sharpness)" if i == 0 else ""))
+    styles = {"gd": ("k", "--"), "momentum": ("#d62728", ":")}
+    for name, edge in (doc["edge_of_stability"] or {}).items():
+        if name in styles:
+            ax.plot(steps, [np.nan if v is None else v for v in edge["values"]], color=styles[name][0],
+                    ls=styles[name][1], label=edge["formula"].replace("lr", "η"))
+    values = [v for p in doc["points"] for v in p["eigenvalues"]]
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+    _step_axis(ax, steps)
+    ax.set_ylabel("Hessian eigenvalue")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("sharpness along the trajectory", fontsize=10)
+    _save(fig, path, fmt)
+
+
+def hessian_trace(path: Path, doc: dict, fmt: str = "png") -> None:
+    """The Hessian trace (± its standard error) and the curvature along the run's next step (uᵀHu and
+    the finite differences at each step fraction) against step."""
+    plt = _pyplot()
+    steps = doc["steps"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=DPI)
+    trace = [p["trace"]["value"] for p in doc["points"]]
+    err = [p["trace"]["stderr"] or 0.0 for p in doc["points"]]
+    axes[0].errorbar(steps, trace, yerr=err, marker="o", ms=3, capsize=2)
+    axes[0].set_ylabel("tr H")
+    axes[0].set_title(f"Hessian trace ({doc['points'][0]['trace']['method']})", fontsize=10)
+    with_dir = [(s, p["direction"]) for s, p in zip(steps, doc["points"]) if p["direction"]]
+    if with_dir:
+        xs = [s for s, _ in with_dir]
+        axes[1].plot(xs, [d["u_h_u"] for _, d in with_dir], color="k", lw=2, marker="o", ms=3, label="uᵀHu")
+        for j, f in enumerate(doc["settings"]["step_fractions"]):
+            axes[1].plot(xs, [d["finite_difference"][j]["curvature"] for _, d in with_dir], ls="--", marker=".",
+                         label=f"finite difference, h = {f:g}·‖Δθ‖")
+        axes[1].axhline(0, color="0.6", lw=0.8)
+        axes[1].legend(fontsize=7)
+    axes[1].set_ylabel("curvature along u = Δθ/‖Δθ‖")
+    axes[1].set_title("curvature along the next step θ_k+1 − θ_k", fontsize=10)
+    for ax in axes:
+        _step_axis(ax, steps)
+        ax.grid(alpha=0.3)
+    _save(fig, path, fmt)
+
+
+def glass(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> None:
+    """Glass-to-Hessian ratio of the whole model at each σ, and the exponent p per block, against step."""
+    plt = _pyplot()
+    steps = doc["steps"]
+    sigmas = doc["settings"]["sigmas"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=DPI)
+    cmap = plt.get_cmap("viridis")
+    for j, s in enumerate(sigmas):
+        values = [p["glass"][0]["glass_to_hessian"][j] for p in doc["points"]]
+        axes[0].plot(steps, [np.nan if v is None else v for v in values], marker="o", ms=3,
+                     color=cmap(j / max(len(sigmas) - 1, 1)), label=f"σ = {s:g}")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("glass density / |Hessian diagonal|")
+    axes[0].set_title("glass-to-Hessian ratio (whole model)", fontsize=10)
+    axes[0].legend(fontsize=7)
+    names = [g["name"] for g in doc["points"][0]["glass"]]
+    if len(names) > max_blocks + 1:
+        names = [names[0]] + [names[1 + round(i * (len(names) - 2) / (max_blocks - 1))] for i in range(max_blocks)]
+    for i, name in enumerate(names):
+        values = [next(g["exponent"] for g in p["glass"] if g["name"] == name) for p in doc["points"]]
+        style = {"color": "k", "lw": 2} if name == "model" else {"color": cmap(i / max(len(names), 1)), "lw": 1}
+        axes[1].plot(steps, [np.nan if v is None else v for v in values], marker=".", label=name, **style)
+    for level, text in ((4, "smooth"), (1, "jump-dominated")):
+        axes[1].axhline(level, color="0.6", ls=":", lw=1)
+        axes[1].annotate(text, (0.01, level), xycoords=("axes fraction", "data"), fontsize=7, color="0.4",
+                         va="bottom")
+    finite = [g["exponent"] for p in doc["points"] for g in p["glass"] if g["exponent"] is not None]
+    axes[1].set_ylim(0, max([5.0] + [v + 0.5 for v in finite]))
+    axes[1].set_ylabel("exponent p of E[d²] ∝ σ^p")
+    axes[1].set_title("glass exponent per block", fontsize=10)
+    axes[1].legend(fontsize=6.5, ncol=2)
+    for ax in axes:
+        _step_axis(ax, steps)
+        ax.grid(alpha=0.3)
+    _save(fig, path, fmt)

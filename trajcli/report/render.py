@@ -340,6 +340,8 @@ def _add_report_files(files: OutputSet, result: dict, plot_format: str) -> list[
     names.append(f"path.{plot_format}")
     files.draw(names[-1], plots.path_measures, sims["displacement"][0], plot_format)
     names += add_dynamics(files, result["dynamics"], plot_format)
+    if "curvature" in result:
+        names += add_curvature(files, result["curvature"], plot_format)
     return names
 
 
@@ -368,7 +370,7 @@ def write_report(out: Path, result: dict, plot_format: str = "png") -> tuple[dic
             images = {n.rsplit(".", 1)[0]: files.written(n) for n in written if n.endswith(f".{plot_format}")}
 
         def fig(stem: str, alt: str, caption: str) -> tuple:
-            wide = stem in ("path", "qkv_heads", "dynamics") or stem.endswith("_maps")
+            wide = stem in ("path", "qkv_heads", "dynamics", "hessian_trace", "glass") or stem.endswith("_maps")
             return images[stem], page_fmt, alt, caption, wide
 
         document = {"schema": REPORT_SCHEMA, "trajcli_version": __version__, "checkpoints": raw_doc["checkpoints"],
@@ -401,6 +403,13 @@ def write_report(out: Path, result: dict, plot_format: str = "png") -> tuple[dic
                 figures.append(fig("qkv_heads", "QKV per head", "ω per attention head"))
             sections.append({"id": "qkv", "title": f"Q/K/V heterogeneity ({qkv['architecture']}, displacement)",
                              "explain": html.EXPLAIN["qkv"], "figures": figures, "table": html.qkv_table(qkv)})
+        if "curvature" in result:
+            curv = result["curvature"]
+            sections.append({"id": "curvature", "title": "Curvature on a fixed batch", "explain": html.EXPLAIN["curvature"],
+                             "figures": [fig("sharpness", "sharpness", "top Hessian eigenvalues and the 2/η line"),
+                                         fig("hessian_trace", "Hessian trace", "trace and the curvature along each step"),
+                                         fig("glass", "glass", "glass-to-Hessian ratio and the exponent p per block")],
+                             "table": html.curvature_table(curv)})
         span = f", steps {head['first_step']} … {head['last_step']}" if head["first_step"] is not None else ""
         source = (f"{head['n_checkpoints']} checkpoints{span}, {human_count(head['n_params'])} parameters in "
                   f"{head['n_tensors']} tensors")
@@ -431,6 +440,11 @@ def headline_rows(head: dict) -> list[tuple[str, str, str]]:
     if "qkv_heterogeneity_mean" in head:
         rows.append(("qkv_heterogeneity", "Q/K/V heterogeneity (all / middle third)",
                      f"{_fmt(head['qkv_heterogeneity_mean'])} / {_fmt(head['qkv_heterogeneity_middle_third'])}"))
+    if "sharpness_last" in head:
+        rows.append(("sharpness", "sharpness λ_max, first → last checkpoint",
+                     f"{_fmt(head['sharpness_first'], '.4g')} → {_fmt(head['sharpness_last'], '.4g')}"))
+        rows.append(("glass_exponent_last", "glass exponent p at the last checkpoint (4 smooth, 1 jumps)",
+                     _fmt(head["glass_exponent_last"], ".2f")))
     if head["identical_pairs"]:
         rows.append(("identical_pairs", "identical checkpoint pairs", str(head["identical_pairs"])))
     return rows
@@ -489,5 +503,68 @@ def print_dynamics(doc: dict, written: list[Path]) -> None:
                       _fmt(r["norm_change_factor"], ".3g"), _fmt(g["norm"][-1], ".4g"))
     console.print(table)
     console.print("per-tensor rows are in --json / dynamics.csv")
+    for p in written:
+        console.print(f"wrote {p}")
+
+
+# ---- curvature -----------------------------------------------------------------------------------
+
+def curvature_rows(doc: dict) -> tuple[list[str], list[list]]:
+    """curvature.csv: one row per checkpoint (the whole model's glass; blocks are in the JSON)."""
+    k = doc["settings"]["top_k"]
+    sigmas, fractions = doc["settings"]["sigmas"], doc["settings"]["step_fractions"]
+    edges = doc["edge_of_stability"] or {}
+    header = (["checkpoint", "step", "loss", "grad_norm"] + [f"lambda_{i + 1}" for i in range(k)]
+              + ["lanczos_iterations", "lanczos_converged", "trace", "trace_stderr", "trace_method"]
+              + [f"edge_{name}" for name in edges]
+              + ["step_norm", "u_h_u"] + [f"finite_difference_{f:g}" for f in fractions]
+              + ["glass_exponent"] + [f"glass_to_hessian_sigma_{s:g}" for s in sigmas])
+    rows = []
+    for i, p in enumerate(doc["points"]):
+        d = p["direction"]
+        model = p["glass"][0]
+        rows.append([p["checkpoint"], p["step"], p["loss"], p["grad_norm"]]
+                    + (p["eigenvalues"] + [None] * k)[:k]
+                    + [p["lanczos"]["iterations"], p["lanczos"]["converged"], p["trace"]["value"], p["trace"]["stderr"],
+                       p["trace"]["method"]]
+                    + [e["values"][i] for e in edges.values()]
+                    + ([d["step_norm"], d["u_h_u"]] + [f["curvature"] for f in d["finite_difference"]]
+                       if d else [None] * (2 + len(fractions)))
+                    + [model["exponent"]] + model["glass_to_hessian"])
+    return header, rows
+
+
+def add_curvature(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
+    """curvature.json, curvature.csv, and the sharpness, Hessian-trace and glass plots."""
+    out = ["curvature.json", "curvature.csv", f"sharpness.{plot_format}", f"hessian_trace.{plot_format}",
+           f"glass.{plot_format}"]
+    files.text(out[0], dumps_json(doc))
+    files.text(out[1], rows_csv(*curvature_rows(doc)))
+    files.draw(out[2], plots.sharpness, doc, plot_format)
+    files.draw(out[3], plots.hessian_trace, doc, plot_format)
+    files.draw(out[4], plots.glass, doc, plot_format)
+    return out
+
+
+def print_curvature(doc: dict, written: list[Path]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    edges = doc["edge_of_stability"]
+    table = Table(title=f"curvature of {doc['model']['source']} on {doc['data']['batch_size']} rows of "
+                        f"{Path(doc['data']['file']).name}", title_justify="left")
+    columns = ["step", "loss", "‖g‖", "λ_max", "2/η", "tr H", "uᵀHu (next step)", "glass p"]
+    for col in columns:
+        table.add_column(col, justify="right")
+    for i, p in enumerate(doc["points"]):
+        trace = p["trace"]
+        tr = _fmt(trace["value"], ".4g") + (f" ± {trace['stderr']:.3g}" if trace["stderr"] else "")
+        table.add_row(str(p["step"]), _fmt(p["loss"], ".4f"), _fmt(p["grad_norm"], ".3g"),
+                      _fmt(p["eigenvalues"][0] if p["eigenvalues"] else None, ".4g"),
+                      _fmt(edges["gd"]["values"][i], ".4g") if edges else "—", tr,
+                      _fmt(p["direction"]["u_h_u"] if p["direction"] else None, ".3g"),
+                      _fmt(p["glass"][0]["exponent"], ".2f"))
+    console.print(table)
+    console.print("glass p: exponent of E[((g⁺+g⁻)/2 − g⁰)²] ∝ σ^p (≈4 smooth, ≈1 where gradient jumps dominate)")
     for p in written:
         console.print(f"wrote {p}")

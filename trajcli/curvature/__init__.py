@@ -1,0 +1,1 @@
+"""Curvature along the trajectory: the model, a fixed batch, Hessian and gradient-glass probes."""
