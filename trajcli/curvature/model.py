@@ -86,6 +86,10 @@ def user_model(spec: str, config: dict | None, inv: Inventory) -> ProbeModel:
 
     def snapshot(k: int):
         reader = inv.readers[k]
+        lacking = [n for n in weights.names if n not in reader.tensors]
+        if lacking:
+            raise DataError(f"{reader.checkpoint.path} lacks {_few(lacking)}, which the first checkpoint has",
+                            "the checkpoints come from different models")
         params = [reader.read_tensor(reader.tensors[n]) for n in weights.names]
         buffers = {}
         for name in weights.buffers:
