@@ -325,3 +325,13 @@ def test_token_ids_outside_the_vocabulary_are_refused(tmp_path):
     np.save(tmp_path / "bad.npy", np.arange(40, dtype=np.int64))
     result = run(["curvature", run_dir, "--data", tmp_path / "bad.npy", "--seq-len", "8"])
     assert result.exit_code == 1 and "token ids span 0..39" in result.stderr and "16" in result.stderr
+
+
+def test_cuda_without_a_device_is_a_usage_error_here_too(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present; this checks the message on machines without one")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 3, generator=gen, dtype=torch.float64)
+    run_dir, data = _least_squares_run(tmp_path, x, x.sum(1), [(torch.zeros(3, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))])
+    result = run(["curvature", run_dir, "--data", data, "--model", "curvature_models:least_squares", "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA device" in result.stderr

@@ -227,8 +227,6 @@ class _TorchProducts:
 
         self.torch = torch
         self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available", "use --device cpu (or auto)")
 
     def __call__(self, x: np.ndarray, chunk: _Chunk) -> dict:
         on_device = self.torch.from_numpy(x).to(self.device)
@@ -247,11 +245,13 @@ class _TorchProducts:
 
 
 def resolve_device(device: str) -> str:
-    """`auto` is CUDA when torch sees a device, else the CPU."""
-    if device != "auto":
+    """`auto` is CUDA when torch sees a device, else the CPU; `cuda` without a device is a usage error."""
+    if device == "cpu":
         return device
     import torch
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available", "use --device cpu (or auto)")
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
