@@ -637,7 +637,7 @@ def dynamics(
 @handles_errors
 def curvature(
     paths: PathsArg,
-    data: Annotated[Path, typer.Option("--data", help="Token ids (.npy/.pt), a text file (tokenized with the checkpoints' tokenizer), or arrays (.npz/.pt) for a --model loss.")],
+    data: DataOpt,  # required here (no default); optional on `report`
     model: ModelOpt = None,
     batch_size: BatchSizeOpt = 8,
     seq_len: SeqLenOpt = None,
