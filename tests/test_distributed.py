@@ -117,8 +117,32 @@ def test_cli_on_the_cluster_equals_one_process(tmp_path, cluster):
         if command[0] == "similarity":
             np.testing.assert_allclose(np.array(b["matrix"], float), np.array(a["matrix"], float), atol=1e-12)
         else:
+            assert len(a["layers"]) == len(b["layers"]) > 0
             for x, y in zip(a["layers"], b["layers"]):
-                assert y["heads"] == pytest.approx(x["heads"], abs=1e-12)
+                assert y["heads"].keys() == x["heads"].keys() == {"q", "k", "v"}
+                for part in "qkv":  # None (undefined) reads as NaN, and NaN must meet NaN
+                    np.testing.assert_allclose(np.array(y["heads"][part], float), np.array(x["heads"][part], float),
+                                               rtol=0, atol=1e-12)
+
+
+def test_workers_flag_forks_a_local_cluster_with_one_torch_thread_each(tmp_path):
+    from trajcli.engine.distributed import connect
+
+    write_trajectory("gpt_neox", tmp_path / "run", n=4)
+    alone = run(["similarity", tmp_path / "run", "--mode", "displacement", "--json"])
+    spread = run(["similarity", tmp_path / "run", "--mode", "displacement", "--json", "--workers", "2"])
+    assert alone.exit_code == 0 and spread.exit_code == 0, spread.stderr
+    np.testing.assert_allclose(np.array(json.loads(spread.stdout)["matrix"], float),
+                               np.array(json.loads(alone.stdout)["matrix"], float), atol=1e-12)
+    client = connect(None, 2)
+    try:
+        # forked from this process, which has imported trajcli's CLI; a spawned worker has not
+        assert list(client.run(lambda: "trajcli.cli" in __import__("sys").modules).values()) == [True, True]
+        assert list(client.run(lambda: __import__("torch").get_num_threads()).values()) == [1, 1]
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
 
 
 def test_missing_files_are_listed():
