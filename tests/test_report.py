@@ -128,3 +128,34 @@ def test_page_renders_in_headless_chromium(neox_report, tmp_path):
     assert '<div class="broken">' not in dom
     head = json.loads((root / "out" / "report.json").read_text())["headline"]
     assert f"{head['mds_displacement']:.4f}" in dom and "Q/K/V heterogeneity" in dom
+
+
+def _write_pid(path, content):
+    import os
+    import time
+
+    time.sleep(0.02)  # long enough for the forked process to take its share
+    path.write_text(f"{content} {os.getpid()}")
+
+
+def _fail_in_child(path, parent):
+    import os
+
+    if os.getpid() != parent:
+        raise ValueError("this plot fails")
+    _write_pid(path, 0)
+
+
+def test_plotting_jobs_each_run_once_across_two_processes(tmp_path, monkeypatch):
+    import os
+
+    from trajcli.report import writers
+
+    monkeypatch.setattr(writers.os, "cpu_count", lambda: 2)
+    paths = [tmp_path / f"plot{i}.txt" for i in range(9)]
+    writers.run_jobs([(_write_pid, (p, i)) for i, p in enumerate(paths)])
+    written = [p.read_text().split() for p in paths]
+    assert [int(w[0]) for w in written] == list(range(9))  # every job once, with its own arguments
+    assert len({w[1] for w in written}) == 2  # drawn by this process and a forked one
+    with pytest.raises(RuntimeError, match="plotting process failed"):  # a job failing in the child
+        writers.run_jobs([(_fail_in_child, (tmp_path / "x", os.getpid()))] * 20)

@@ -77,37 +77,47 @@ def prepare_out_dir(out: Path, input_paths: list[Path]) -> Path:
 
 
 def run_jobs(jobs: list[tuple], workers: int = 2) -> None:
-    """Run plotting jobs (fn, args); with several jobs and fork available, a forked child draws every
-    other one while this process draws the rest (matplotlib is not thread-safe; a fork shares the
-    data without pickling it). A failed child fails the whole set."""
+    """Run plotting jobs (fn, args); with several jobs and fork available, this process and a forked
+    child draw them side by side (matplotlib is not thread-safe; a fork shares the data without
+    pickling it). Each takes the next job from a pipe holding their indices, so a slow figure does not
+    leave the other process idle. A failed child fails the whole set."""
     if len(jobs) < 4 or workers < 2 or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
         for fn, args in jobs:
             fn(*args)
         return
+    import struct
     import sys
     import traceback
 
-    mine, theirs = jobs[0::2], jobs[1::2]
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as queue:  # a few bytes per job: far below the pipe's buffer
+        queue.write(b"".join(struct.pack("<I", i) for i in range(len(jobs))))
+
+    def drain() -> None:
+        while len(item := os.read(read_end, 4)) == 4:  # reads of 4 bytes from a pipe are atomic
+            fn, args = jobs[struct.unpack("<I", item)[0]]
+            fn(*args)
+
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the child: draw, then leave without running the parent's exit handlers
         code = 0
         try:
-            for fn, args in theirs:
-                fn(*args)
+            drain()
         except BaseException:  # noqa: BLE001 - reported by the parent through the exit status
             traceback.print_exc()
             code = 1
         finally:
             os._exit(code)
     try:
-        for fn, args in mine:
-            fn(*args)
+        drain()
     except BaseException:
         os.kill(pid, 15)
         os.waitpid(pid, 0)
         raise
+    finally:
+        os.close(read_end)
     _, status = os.waitpid(pid, 0)
     if status != 0:
         raise RuntimeError(f"a plotting process failed (status {status})")
