@@ -281,6 +281,7 @@ def test_files_and_report_section(tmp_path):
     document = json.loads((tmp_path / "report" / "report.json").read_text())
     assert set(names) <= set(document["files"])
     assert document["headline"]["sharpness_last"] == pytest.approx(doc["points"][-1]["eigenvalues"][0], rel=1e-12)
+    assert any("the 2/η line is left out" in w for w in document["warnings"])  # no --lr: the curvature says so
     page = (tmp_path / "report" / "report.html").read_text()
     assert "id='curvature'" in page and "sharpness" in page
 

@@ -518,7 +518,8 @@ def _curvature_settings(**kwargs):
 
 def _measure_curvature(paths, selection, request: CurvatureRequest, lr, lr_file, quiet: bool, out=None):
     """Inventory (headers), the --out check, the model and the batch, the walk over the checkpoints;
-    returns the document and the output folder (None without `out`)."""
+    returns the document, the output folder (None without `out`) and the curvature's own warnings
+    (already shown, with the inventory's)."""
     from trajcli.analysis import curvature_result
     from trajcli.curvature.run import curvature_pass
     from trajcli.io.lr import learning_rate_points, momentum_of
@@ -538,7 +539,7 @@ def _measure_curvature(paths, selection, request: CurvatureRequest, lr, lr_file,
     doc, warnings = curvature_result(inv, measured, data, request.settings.to_json(), points, source,
                                      momentum, momentum_source)
     _warn_all(inv.warnings + warnings, quiet)
-    return doc, out_dir
+    return doc, out_dir, warnings
 
 
 def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_flags=None, reference=None,
@@ -560,7 +561,8 @@ def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_
     if curvature is not None:
         from trajcli.analysis import curvature_headline
 
-        result["curvature"], _ = _measure_curvature(paths, selection, curvature, lr, lr_file, options.quiet)
+        result["curvature"], _, warnings = _measure_curvature(paths, selection, curvature, lr, lr_file, options.quiet)
+        result["warnings"] += warnings  # on the page and in report.json with the others
         result["headline"].update(curvature_headline(result["curvature"]))
     document, written = render.write_report(out_dir, result, plot_format)
     if json_output:
@@ -688,7 +690,7 @@ def curvature(
     request = CurvatureRequest(data, model, batch_size, seq_len, settings, momentum)
     if out is not None:
         _import_plotting_in_background()
-    doc, out_dir = _measure_curvature(paths, selection, request, lr, lr_file, quiet, out)
+    doc, out_dir, _ = _measure_curvature(paths, selection, request, lr, lr_file, quiet, out)
     written = []
     if out_dir is not None:
         with OutputSet(out_dir) as files:
