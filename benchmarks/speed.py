@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -129,14 +128,26 @@ def _parse(text: str) -> int:
     return parse_budget(text)
 
 
-def timed(cmd: list[str], repeat: int) -> tuple[float, int]:
-    """(median wall seconds, max peak RssAnon) over `repeat` runs of a whole process."""
-    walls, peaks = [], []
+def timed(commands: dict[str, list[str]], repeat: int) -> dict[str, tuple[float, int]]:
+    """{name: (median wall seconds, max peak RssAnon)} over `repeat` rounds of whole processes. Each
+    round runs every command once, in turn, so that the ratios between them see the same machine (a
+    shared VM drifts between minutes)."""
+    walls: dict[str, list[float]] = {k: [] for k in commands}
+    peaks: dict[str, list[int]] = {k: [] for k in commands}
     for _ in range(repeat):
-        peak, wall = peak_anon(cmd)
-        walls.append(wall)
-        peaks.append(peak)
-    return statistics.median(walls), max(peaks)
+        for name, cmd in commands.items():
+            peak, wall = peak_anon(cmd)
+            walls[name].append(wall)
+            peaks[name].append(peak)
+    return {k: (statistics.median(walls[k]), max(peaks[k])) for k in commands}
+
+
+def _has_dask() -> bool:
+    try:
+        import dask.distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -145,6 +156,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--skip-pairwise", action="store_true")
     parser.add_argument("--memory-budget", default="256MiB")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="also time similarity on a local Dask cluster of this many workers (0: skip; needs trajcli[dask])")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="trajcli-bench-", dir=args.workdir))
     py = sys.executable
@@ -158,38 +171,40 @@ def main() -> None:
             budget_bytes = _parse(args.memory_budget)
             reference = [py, "-c", REFERENCE, str(folder), str(budget_bytes)]
             subprocess.run(reference, check=True, capture_output=True)  # warm the page cache
-            row = {"data_gb": data_gb}
-            row["reference"] = timed(reference, args.repeat)
-            row["similarity"] = timed([py, "-m", "trajcli", "similarity", str(folder), "--quiet",
-                                       "--memory-budget", args.memory_budget], args.repeat)
             out = work / f"n{n}" / "out"
-
-            def all_analyses() -> list[str]:
-                # trajcli report: similarity in three modes, layers by block and role, Q/K/V per head,
-                # PCA, every file and plot and report.html, from one pass (--recompute: no saved Grams).
-                return [py, "-m", "trajcli", "report", str(folder), "--quiet", "--memory-budget", args.memory_budget,
-                        "--out", str(out), "--recompute"]
-
-            row["all"] = timed(all_analyses(), args.repeat)
-            start = time.perf_counter()
-            subprocess.run([py, "-m", "trajcli", "similarity", str(folder), "--quiet", "--out", str(out), "--mode", "update"],
-                           check=True, capture_output=True)
-            row["reuse_s"] = time.perf_counter() - start
-            startup_start = time.perf_counter()
-            subprocess.run([py, "-c", "import trajcli.cli, trajcli.analysis, trajcli.report.render, torch, numpy"],
-                           check=True, capture_output=True)
-            row["startup_s"] = time.perf_counter() - startup_start
+            commands = {
+                "reference": reference,
+                "similarity": [py, "-m", "trajcli", "similarity", str(folder), "--quiet",
+                               "--memory-budget", args.memory_budget],
+                # trajcli report: similarity in three modes, layers by block and role, Q/K/V per head, PCA,
+                # every file and plot and report.html, from one pass (--recompute: no saved Grams).
+                "all": [py, "-m", "trajcli", "report", str(folder), "--quiet", "--memory-budget", args.memory_budget,
+                        "--out", str(out), "--recompute"],
+            }
+            if args.workers and _has_dask():
+                commands["workers"] = commands["similarity"] + ["--workers", str(args.workers)]
+            row = {"data_gb": data_gb, **timed(commands, args.repeat)}
+            # A second command on the folder `report` wrote: it answers from grams.npz (and draws its heatmap),
+            # against the start-up of a process importing what it imports before any work.
+            again = timed({"reuse": [py, "-m", "trajcli", "similarity", str(folder), "--quiet", "--out", str(out),
+                                     "--mode", "update"],
+                           "startup": [py, "-c", "import trajcli.cli, trajcli.analysis, trajcli.report.render, torch, numpy"]},
+                          args.repeat)
+            row["reuse_s"], row["startup_s"] = again["reuse"][0], again["startup"][0]
             if not args.skip_pairwise:
-                row["pairwise"] = timed([py, "-c", PAIRWISE, str(folder)], 1)
+                row["pairwise"] = timed({"pairwise": [py, "-c", PAIRWISE, str(folder)]}, 1)["pairwise"]
             results[n] = row
             print(f"\nN = {n}: {data_gb:.2f} GB of checkpoints (warm page cache), baseline RssAnon {baseline / MIB:.0f} MiB")
-            for key in ("reference", "similarity", "all", "pairwise"):  # "all" is trajcli report
+            for key in ("reference", "similarity", "all", "workers", "pairwise"):  # "all" is trajcli report
                 if key in row:
                     wall, peak = row[key]
                     print(f"  {key:<11} {wall:7.2f} s  {data_gb / wall:6.2f} GB/s  peak RssAnon {peak / MIB:6.0f} MiB "
                           f"(baseline + {(peak - baseline) / MIB:5.0f} MiB)")
             print(f"  similarity / reference = {row['similarity'][0] / row['reference'][0]:.2f}")
             print(f"  report (all analyses) / similarity = {row['all'][0] / row['similarity'][0]:.2f}")
+            if "workers" in row:
+                print(f"  similarity --workers {args.workers} / similarity = {row['workers'][0] / row['similarity'][0]:.2f}"
+                      " (peak RssAnon: the driver process only)")
             print(f"  reusing saved Grams: {row['reuse_s']:.2f} s, of which start-up (imports) {row['startup_s']:.2f} s")
             if "pairwise" in row:
                 print(f"  pairwise / similarity = {row['pairwise'][0] / row['similarity'][0]:.1f}")
