@@ -145,6 +145,24 @@ def test_workers_flag_forks_a_local_cluster_with_one_torch_thread_each(tmp_path)
         cluster.close()
 
 
+def test_small_chunks_share_tasks_in_order(tmp_path):
+    from trajcli.engine.distributed import _tasks
+    from trajcli.engine.gram import _plan_chunks
+
+    shapes = {"norm1.bias": (64,), "norm2.bias": (40,), "norm3.bias": (8,), "proj.weight": (64, 8)}
+    for k, sd in enumerate(random_trajectory(2, seed=3, shapes=shapes)):
+        save_safetensors_dir(tmp_path / f"step{k}", sd)
+    inv = _inventory(tmp_path)
+    try:
+        chunks = _plan_chunks(inv, {}, 128)
+    finally:
+        inv.close()
+    tasks = _tasks(chunks, 128)
+    assert [c for t in tasks for c in t] == chunks  # every chunk once, in the planned (on-disk) order
+    assert all(sum(c.n_elems for c in t) <= 128 for t in tasks)
+    assert len(chunks) == 7 and len(tasks) == 5  # the three biases ride together (64 + 40 + 8 ≤ 128)
+
+
 def test_missing_files_are_listed():
     from trajcli.engine.distributed import _missing_files
 

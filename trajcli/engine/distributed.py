@@ -43,21 +43,40 @@ def _readers_for(checkpoints: tuple[Checkpoint, ...]) -> _Readers:
     return _Readers(_OPEN[key])
 
 
-def _chunk_task(checkpoints: tuple[Checkpoint, ...], chunk: _Chunk) -> tuple[dict, dict]:
-    """Runs on a worker: (leaf -> partial basis Gram, checkpoint index -> NaN/Inf count)."""
+def _chunks_task(checkpoints: tuple[Checkpoint, ...], chunks: tuple[_Chunk, ...]) -> tuple[dict, dict]:
+    """Runs on a worker: (leaf -> partial basis Gram, tensor -> {checkpoint index -> NaN/Inf count})
+    over a few chunks, one after the other in one reused buffer."""
     readers = _readers_for(checkpoints)
     n = len(checkpoints)
-    if not _BUFFER or _BUFFER[0].size < n * chunk.n_elems:
-        _BUFFER[:] = [np.empty(n * chunk.n_elems)]
-    x = _BUFFER[0][: n * chunk.n_elems].reshape(n, chunk.n_elems)
-    _read_chunk(readers, chunk, x)
-    _difference_in_place(x)
-    products = _TorchProducts("cpu")  # torch's BLAS: one thread per worker, as set below
-    parts = products(x, chunk)
+    products = _TorchProducts("cpu")  # torch's BLAS: one thread per worker (see _local_client)
     scratch = GramSet([c.name for c in checkpoints])
-    if not products.finite(parts):
-        parts = _products_without_nonfinite(readers, chunk, x, products, scratch)
-    return {leaf: products.to_numpy(part) for leaf, part in parts.items()}, scratch.nonfinite.get(chunk.spec.name, {})
+    sums: dict = {}
+    for chunk in chunks:
+        if not _BUFFER or _BUFFER[0].size < n * chunk.n_elems:
+            _BUFFER[:] = [np.empty(n * chunk.n_elems)]
+        x = _BUFFER[0][: n * chunk.n_elems].reshape(n, chunk.n_elems)
+        _read_chunk(readers, chunk, x)
+        _difference_in_place(x)
+        parts = products(x, chunk)
+        if not products.finite(parts):
+            parts = _products_without_nonfinite(readers, chunk, x, products, scratch)
+        for leaf, part in parts.items():
+            sums[leaf] = sums[leaf] + part if leaf in sums else part
+    return {leaf: products.to_numpy(total) for leaf, total in sums.items()}, scratch.nonfinite
+
+
+def _tasks(chunks: list[_Chunk], task_elems: int) -> list[tuple[_Chunk, ...]]:
+    """Consecutive chunks batched up to `task_elems` elements per checkpoint: the many small tensors
+    (biases, norms) share tasks instead of paying a scheduler round trip each."""
+    tasks: list[list[_Chunk]] = []
+    size = 0
+    for chunk in chunks:
+        if not tasks or size + chunk.n_elems > task_elems:
+            tasks.append([])
+            size = 0
+        tasks[-1].append(chunk)
+        size += chunk.n_elems
+    return [tuple(t) for t in tasks]
 
 
 def _missing_files(paths: list[str]) -> list[str]:
@@ -133,19 +152,23 @@ def accumulate_distributed(
                             "the checkpoints must be on a filesystem every worker sees, at the same path")
     n = len(inv.checkpoints)
     segments = segments or {}
-    chunks = _plan_chunks(inv, segments, chunk_elems_for(n, memory_budget_bytes))
+    # a worker keeps one chunk buffer (no read-ahead buffer beside it): twice the elements of a chunk
+    # of the single-process pass fit the same budget
+    task_elems = 2 * chunk_elems_for(n, memory_budget_bytes)
+    tasks = _tasks(_plan_chunks(inv, segments, task_elems), task_elems)
     checkpoints = tuple(inv.checkpoints)
-    futures = {client.submit(_chunk_task, checkpoints, chunk, pure=False, retries=2): chunk for chunk in chunks}
+    futures = {client.submit(_chunks_task, checkpoints, task, pure=False, retries=2): task for task in tasks}
     sums: dict[str, np.ndarray] = {}
     grams = GramSet([c.name for c in inv.checkpoints])
     for future in as_completed(futures):
         parts, bad = future.result()
         for leaf, part in parts.items():
             sums[leaf] = sums[leaf] + part if leaf in sums else part
-        chunk = futures[future]
-        counts = grams.nonfinite.setdefault(chunk.spec.name, {}) if bad else None
-        for k, c in bad.items():
-            counts[k] = counts.get(k, 0) + c
+        for tensor, per_checkpoint in bad.items():
+            counts = grams.nonfinite.setdefault(tensor, {})
+            for k, c in per_checkpoint.items():
+                counts[k] = counts.get(k, 0) + c
         if on_bytes is not None:
-            on_bytes(sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype) for r in inv.readers))
+            on_bytes(sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype)
+                         for chunk in futures[future] for r in inv.readers))
     return finish_gramset(grams, inv, segments, sums, lambda total: total)
