@@ -188,7 +188,7 @@ def main() -> None:
             # against the start-up of a process importing what it imports before any work.
             again = timed({"reuse": [py, "-m", "trajcli", "similarity", str(folder), "--quiet", "--out", str(out),
                                      "--mode", "update"],
-                           "startup": [py, "-c", "import trajcli.cli, trajcli.analysis, trajcli.report.render, torch, numpy"]},
+                           "startup": [py, "-c", "import trajcli.cli, trajcli.analysis, trajcli.report.render"]},
                           args.repeat)
             row["reuse_s"], row["startup_s"] = again["reuse"][0], again["startup"][0]
             if not args.skip_pairwise:

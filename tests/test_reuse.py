@@ -29,6 +29,23 @@ def count_reads(monkeypatch):
     return calls
 
 
+def test_answers_from_saved_grams_and_inspect_do_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    write_trajectory("gpt_neox", tmp_path / "run", n=3)
+    out = tmp_path / "out"
+    assert run(["layers", tmp_path / "run", "--out", out]).exit_code == 0  # reads: writes grams.npz
+    probe = ("import sys; from trajcli.cli import main; sys.argv = ['trajcli', *sys.argv[1:]]\n"
+             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "print('torch' in sys.modules)")
+    for args in (["similarity", str(tmp_path / "run"), "--out", str(out), "--quiet"],
+                 ["inspect", str(tmp_path / "run")]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == "False", args  # ~1.5 s of start-up saved
+
+
 def test_later_commands_reuse_the_saved_grams(tmp_path, count_reads):
     write_trajectory("llama", tmp_path / "run")
     out = tmp_path / "out"

@@ -111,6 +111,7 @@ def _local_client(n_workers: int):
     process, as Dask's spawned workers have (OMP_NUM_THREADS=1), keeps 2 workers on 2 cores from
     fighting over them. A worker Dask restarts later is spawned (the default), with OMP_NUM_THREADS=1."""
     import dask
+    import torch  # noqa: F401 - imported here, before the fork, so that no worker imports it again
     from dask.distributed import Client, LocalCluster
 
     method = dask.config.get(_METHOD_KEY)
