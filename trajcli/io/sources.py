@@ -15,6 +15,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors import safe_open
@@ -22,6 +23,9 @@ from safetensors import safe_open
 from trajcli.errors import DataError
 from trajcli.io.discover import Checkpoint
 from trajcli.io.names import canonical_names, why_not_parameter
+
+if TYPE_CHECKING:
+    import torch
 
 _ST_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
