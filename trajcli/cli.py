@@ -274,8 +274,6 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
     available = available_memory_bytes()
     if options.memory_budget is not None and available and budget > available // 2 and not options.quiet:
         warn(f"--memory-budget {options.memory_budget} is more than half of the {available >> 20} MiB available now")
-    if out is not None:
-        _import_plotting_in_background()  # plots follow; matplotlib loads while the checkpoints are read
     inv = load_inventory(paths, selection)
     try:
         out_dir = render.prepare_out(out, inv) if out is not None else None
@@ -286,9 +284,16 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
             if grams is not None and not options.quiet:
                 typer.echo(f"trajcli: reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)", err=True)
         if grams is None:
-            grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments,
-                                    device=resolve_device(options.device), scheduler=options.scheduler,
-                                    workers=options.workers)
+            device = resolve_device(options.device)
+            if out_dir is not None and options.workers is None:
+                # Plots follow: matplotlib loads in a thread while the pass (mostly BLAS and copies, which
+                # release the GIL) reads. torch first, so the two imports do not take turns on the GIL;
+                # never beside --workers, whose workers are forked from this process.
+                import torch  # noqa: F401
+
+                _import_plotting_in_background()
+            grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
+                                    scheduler=options.scheduler, workers=options.workers)
             if out_dir is not None:
                 save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
     finally:
