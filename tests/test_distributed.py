@@ -125,7 +125,7 @@ def test_cli_on_the_cluster_equals_one_process(tmp_path, cluster):
                                                rtol=0, atol=1e-12)
 
 
-def test_workers_flag_forks_a_local_cluster_with_one_torch_thread_each(tmp_path):
+def test_workers_flag_forks_a_local_cluster_with_one_thread_each(tmp_path):
     from trajcli.engine.distributed import connect
 
     write_trajectory("gpt_neox", tmp_path / "run", n=4)
@@ -139,6 +139,8 @@ def test_workers_flag_forks_a_local_cluster_with_one_torch_thread_each(tmp_path)
         # forked from this process, which has imported trajcli's CLI; a spawned worker has not
         assert list(client.run(lambda: "trajcli.cli" in __import__("sys").modules).values()) == [True, True]
         assert list(client.run(lambda: __import__("torch").get_num_threads()).values()) == [1, 1]
+        blas = client.run(lambda: {p["num_threads"] for p in __import__("threadpoolctl").threadpool_info()})
+        assert list(blas.values()) == [{1}, {1}]  # numpy's BLAS (and OpenMP) pools, one thread each
     finally:
         cluster = client.cluster
         client.close()

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from trajcli.arch.grouping import Segment
-from trajcli.engine.gram import (DEFAULT_MEMORY_BUDGET, GramSet, _Chunk, _difference_in_place, _plan_chunks,
-                                 _products_without_nonfinite, _read_chunk, _TorchProducts, chunk_elems_for,
+from trajcli.engine.gram import (DEFAULT_MEMORY_BUDGET, GramSet, _Chunk, _difference_in_place, _NumpyProducts,
+                                 _plan_chunks, _products_without_nonfinite, _read_chunk, chunk_elems_for,
                                  finish_gramset, itemsize)
 from trajcli.errors import DataError, UsageError
 from trajcli.io.discover import Checkpoint
@@ -48,7 +48,7 @@ def _chunks_task(checkpoints: tuple[Checkpoint, ...], chunks: tuple[_Chunk, ...]
     over a few chunks, one after the other in one reused buffer."""
     readers = _readers_for(checkpoints)
     n = len(checkpoints)
-    products = _TorchProducts("cpu")  # torch's BLAS: one thread per worker (see _local_client)
+    products = _NumpyProducts()  # A @ A.T as a symmetric rank-k update, as in one process
     scratch = GramSet([c.name for c in checkpoints])
     sums: dict = {}
     for chunk in chunks:
@@ -62,7 +62,7 @@ def _chunks_task(checkpoints: tuple[Checkpoint, ...], chunks: tuple[_Chunk, ...]
             parts = _products_without_nonfinite(readers, chunk, x, products, scratch)
         for leaf, part in parts.items():
             sums[leaf] = sums[leaf] + part if leaf in sums else part
-    return {leaf: products.to_numpy(total) for leaf, total in sums.items()}, scratch.nonfinite
+    return sums, scratch.nonfinite
 
 
 def _tasks(chunks: list[_Chunk], task_elems: int) -> list[tuple[_Chunk, ...]]:
@@ -87,6 +87,7 @@ def _missing_files(paths: list[str]) -> list[str]:
 def connect(scheduler: str | None, n_workers: int | None):
     """A Dask client: to `scheduler`, or to a local cluster of `n_workers` processes on this machine."""
     try:
+        import threadpoolctl  # noqa: F401 - limits a forked worker's BLAS threads
         from dask.distributed import Client
     except ImportError:
         raise UsageError("--scheduler/--workers need Dask's distributed scheduler",
@@ -107,8 +108,8 @@ def _local_client(n_workers: int):
     """A client of a local cluster whose workers are forked from this process on Linux: it has imported
     torch and trajcli already, so a worker is ready in a fraction of a second instead of the ~1.5 s a
     spawned one spends importing them again (DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD
-    overrides). A forked worker keeps this process's thread pools; one torch thread per worker
-    process, as Dask's spawned workers have (OMP_NUM_THREADS=1), keeps 2 workers on 2 cores from
+    overrides). A forked worker keeps this process's thread pools; one torch and one BLAS thread per
+    worker process, as Dask's spawned workers have (OMP_NUM_THREADS=1), keeps 2 workers on 2 cores from
     fighting over them. A worker Dask restarts later is spawned (the default), with OMP_NUM_THREADS=1."""
     import dask
     import torch  # noqa: F401 - imported here, before the fork, so that no worker imports it again
@@ -122,14 +123,19 @@ def _local_client(n_workers: int):
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
     client = Client(cluster)
-    client.run(_one_torch_thread)
+    client.run(_one_thread_per_worker)
     return client
 
 
-def _one_torch_thread() -> None:
+_LIMITS: list = []  # per worker process: the BLAS limit in force
+
+
+def _one_thread_per_worker() -> None:
+    import threadpoolctl
     import torch
 
     torch.set_num_threads(1)
+    _LIMITS[:] = [threadpoolctl.threadpool_limits(1)]  # numpy's BLAS (OpenBLAS, MKL, ...)
 
 
 def accumulate_distributed(
