@@ -135,7 +135,8 @@ def _write_pid(path, content):
     import time
 
     time.sleep(0.02)  # long enough for the forked process to take its share
-    path.write_text(f"{content} {os.getpid()}")
+    with open(path, "a") as f:  # appended: a job run twice leaves two lines
+        f.write(f"{content} {os.getpid()}\n")
 
 
 def _fail_in_child(path, parent):
@@ -154,8 +155,10 @@ def test_plotting_jobs_each_run_once_across_two_processes(tmp_path, monkeypatch)
     monkeypatch.setattr(writers.os, "cpu_count", lambda: 2)
     paths = [tmp_path / f"plot{i}.txt" for i in range(9)]
     writers.run_jobs([(_write_pid, (p, i)) for i, p in enumerate(paths)])
-    written = [p.read_text().split() for p in paths]
-    assert [int(w[0]) for w in written] == list(range(9))  # every job once, with its own arguments
+    lines = [p.read_text().splitlines() for p in paths]
+    assert all(len(found) == 1 for found in lines)  # every job exactly once
+    written = [found[0].split() for found in lines]
+    assert [int(w[0]) for w in written] == list(range(9))  # each with its own arguments
     assert len({w[1] for w in written}) == 2  # drawn by this process and a forked one
     with pytest.raises(RuntimeError, match="plotting process failed"):  # a job failing in the child
         writers.run_jobs([(_fail_in_child, (tmp_path / "x", os.getpid()))] * 20)

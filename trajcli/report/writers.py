@@ -79,23 +79,26 @@ def prepare_out_dir(out: Path, input_paths: list[Path]) -> Path:
 def run_jobs(jobs: list[tuple], workers: int = 2) -> None:
     """Run plotting jobs (fn, args); with several jobs and fork available, this process and a forked
     child draw them side by side (matplotlib is not thread-safe; a fork shares the data without
-    pickling it). Each takes the next job from a pipe holding their indices, so a slow figure does not
-    leave the other process idle. A failed child fails the whole set."""
+    pickling it). Each takes the next job number from a counter in shared memory, so a slow figure
+    does not leave the other process idle. A failed child fails the whole set."""
     if len(jobs) < 4 or workers < 2 or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
         for fn, args in jobs:
             fn(*args)
         return
-    import struct
+    import multiprocessing
     import sys
     import traceback
 
-    read_end, write_end = os.pipe()
-    with os.fdopen(write_end, "wb") as queue:  # a few bytes per job: far below the pipe's buffer
-        queue.write(b"".join(struct.pack("<I", i) for i in range(len(jobs))))
+    taken = multiprocessing.Value("i", 0)  # the next job to draw, shared with the forked child
 
     def drain() -> None:
-        while len(item := os.read(read_end, 4)) == 4:  # reads of 4 bytes from a pipe are atomic
-            fn, args = jobs[struct.unpack("<I", item)[0]]
+        while True:
+            with taken.get_lock():
+                i = taken.value
+                taken.value = i + 1
+            if i >= len(jobs):
+                return
+            fn, args = jobs[i]
             fn(*args)
 
     sys.stdout.flush()
@@ -116,8 +119,6 @@ def run_jobs(jobs: list[tuple], workers: int = 2) -> None:
         os.kill(pid, 15)
         os.waitpid(pid, 0)
         raise
-    finally:
-        os.close(read_end)
     _, status = os.waitpid(pid, 0)
     if status != 0:
         raise RuntimeError(f"a plotting process failed (status {status})")
