@@ -178,3 +178,8 @@ def test_without_dask_the_flag_says_what_to_install(monkeypatch):
     with pytest.raises(UsageError, match="need Dask") as caught:
         d.connect(None, 2)
     assert "pip install 'trajcli[dask]'" in caught.value.hint
+    monkeypatch.setitem(sys.modules, "dask.distributed", distributed)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    with pytest.raises(UsageError, match="needs threadpoolctl") as caught:
+        d.connect(None, 2)
+    assert "pip install 'trajcli[dask]'" in caught.value.hint

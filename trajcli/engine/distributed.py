@@ -87,7 +87,6 @@ def _missing_files(paths: list[str]) -> list[str]:
 def connect(scheduler: str | None, n_workers: int | None):
     """A Dask client: to `scheduler`, or to a local cluster of `n_workers` processes on this machine."""
     try:
-        import threadpoolctl  # noqa: F401 - limits a forked worker's BLAS threads
         from dask.distributed import Client
     except ImportError:
         raise UsageError("--scheduler/--workers need Dask's distributed scheduler",
@@ -114,6 +113,11 @@ def _local_client(n_workers: int):
     import dask
     import torch  # noqa: F401 - imported here, before the fork, so that no worker imports it again
     from dask.distributed import Client, LocalCluster
+
+    try:
+        import threadpoolctl  # noqa: F401 - limits a forked worker's BLAS threads (_one_thread_per_worker)
+    except ImportError:
+        raise UsageError("--workers needs threadpoolctl beside Dask", "pip install 'trajcli[dask]'") from None
 
     method = dask.config.get(_METHOD_KEY)
     if sys.platform.startswith("linux") and "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD" not in os.environ:
