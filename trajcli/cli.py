@@ -226,6 +226,7 @@ def similarity(
 
 
 PLOT_FORMATS = ("png", "svg", "pdf")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _modes() -> tuple[str, ...]:
@@ -269,7 +270,7 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
     from trajcli.pipeline import load_inventory, read_trajectory
     from trajcli.report import render
 
-    _check_choice(options.device, "--device", ("auto", "cpu", "cuda"))
+    _check_choice(options.device, "--device", DEVICES)
     budget = parse_budget(options.memory_budget)
     available = available_memory_bytes()
     if options.memory_budget is not None and available and budget > available // 2 and not options.quiet:
@@ -516,7 +517,7 @@ def _curvature_settings(**kwargs):
     from trajcli.engine.gram import resolve_device
 
     _check_choice(kwargs["dtype"], "--dtype", tuple(DTYPES))
-    _check_choice(kwargs["device"], "--device", ("auto", "cpu", "cuda"))
+    _check_choice(kwargs["device"], "--device", DEVICES)
     kwargs["device"] = resolve_device(kwargs["device"])
     return CurvatureSettings(**kwargs)
 

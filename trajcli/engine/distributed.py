@@ -1,5 +1,6 @@
-"""The single pass on a Dask cluster: each task reads one chunk of one tensor from every checkpoint
-and returns its small N × N partial Grams; the partial Grams are summed in float64 here.
+"""The single pass on a Dask cluster: each task reads a few consecutive chunks (row ranges of one or
+more tensors) from every checkpoint and returns their small N × N partial Grams; the partial Grams are
+summed in float64 here.
 
 Workers open the checkpoints themselves (they must see the same files: checked up front) and keep
 them open between tasks. A lost worker's tasks are retried elsewhere by Dask; a failed read fails the
@@ -17,8 +18,8 @@ import numpy as np
 
 from trajcli.arch.grouping import Segment
 from trajcli.engine.gram import (DEFAULT_MEMORY_BUDGET, GramSet, _Chunk, _difference_in_place, _NumpyProducts,
-                                 _plan_chunks, _products_without_nonfinite, _read_chunk, chunk_elems_for,
-                                 finish_gramset, itemsize)
+                                 _plan_chunks, _products_without_nonfinite, _read_chunk, add_parts, chunk_bytes,
+                                 chunk_elems_for, finish_gramset)
 from trajcli.errors import DataError, UsageError
 from trajcli.io.discover import Checkpoint
 from trajcli.io.inventory import Inventory
@@ -60,8 +61,7 @@ def _chunks_task(checkpoints: tuple[Checkpoint, ...], chunks: tuple[_Chunk, ...]
         parts = products(x, chunk)
         if not products.finite(parts):
             parts = _products_without_nonfinite(readers, chunk, x, products, scratch)
-        for leaf, part in parts.items():
-            sums[leaf] = sums[leaf] + part if leaf in sums else part
+        add_parts(sums, parts)
     return sums, scratch.nonfinite
 
 
@@ -173,13 +173,11 @@ def accumulate_distributed(
     grams = GramSet([c.name for c in inv.checkpoints])
     for future in as_completed(futures):
         parts, bad = future.result()
-        for leaf, part in parts.items():
-            sums[leaf] = sums[leaf] + part if leaf in sums else part
+        add_parts(sums, parts)
         for tensor, per_checkpoint in bad.items():
             counts = grams.nonfinite.setdefault(tensor, {})
             for k, c in per_checkpoint.items():
                 counts[k] = counts.get(k, 0) + c
         if on_bytes is not None:
-            on_bytes(sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype)
-                         for chunk in futures[future] for r in inv.readers))
+            on_bytes(sum(chunk_bytes(inv, chunk) for chunk in futures[future]))
     return finish_gramset(grams, inv, segments, sums, lambda total: total)

@@ -149,11 +149,21 @@ def accumulate(
         parts = products(x, chunk)
         if not products.finite(parts):
             parts = _products_without_nonfinite(inv, chunk, x, products, grams)
-        for leaf, part in parts.items():
-            sums[leaf] = sums[leaf] + part if leaf in sums else part
+        add_parts(sums, parts)
         if on_bytes is not None:
-            on_bytes(sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype) for r in inv.readers))
+            on_bytes(chunk_bytes(inv, chunk))
     return finish_gramset(grams, inv, segments, sums, products.to_numpy)
+
+
+def add_parts(sums: dict, parts: dict) -> None:
+    """Add each leaf's partial basis Gram to its running sum (numpy arrays or torch tensors)."""
+    for leaf, part in parts.items():
+        sums[leaf] = sums[leaf] + part if leaf in sums else part
+
+
+def chunk_bytes(inv: Inventory, chunk: _Chunk) -> int:
+    """The stored bytes one chunk reads, from every checkpoint (for the progress bar)."""
+    return sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype) for r in inv.readers)
 
 
 def finish_gramset(grams: GramSet, inv: Inventory, segments: dict[str, Segment], sums: dict, to_numpy) -> GramSet:
