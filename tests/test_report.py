@@ -150,15 +150,108 @@ def _fail_in_child(path, parent):
 def test_plotting_jobs_each_run_once_across_two_processes(tmp_path, monkeypatch):
     import os
 
-    from trajcli.report import writers
+    from trajcli.report import drawing
 
-    monkeypatch.setattr(writers.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(drawing.os, "cpu_count", lambda: 2)
     paths = [tmp_path / f"plot{i}.txt" for i in range(9)]
-    writers.run_jobs([(_write_pid, (p, i)) for i, p in enumerate(paths)])
+    drawing.draw([(_write_pid, (p, i)) for i, p in enumerate(paths)])
     lines = [p.read_text().splitlines() for p in paths]
     assert all(len(found) == 1 for found in lines)  # every job exactly once
     written = [found[0].split() for found in lines]
     assert [int(w[0]) for w in written] == list(range(9))  # each with its own arguments
     assert len({w[1] for w in written}) == 2  # drawn by this process and a forked one
     with pytest.raises(RuntimeError, match="plotting process failed"):  # a job failing in the child
-        writers.run_jobs([(_fail_in_child, (tmp_path / "x", os.getpid()))] * 20)
+        drawing.draw([(_fail_in_child, (tmp_path / "x", os.getpid()))] * 20)
+
+
+def _pid_and_args(path, content):
+    import os
+
+    path.write_text(f"{content} {os.getpid()}")
+
+
+def test_a_started_drawing_process_draws_every_job_once_and_reports_a_failure(tmp_path):
+    import multiprocessing
+    import os
+
+    from trajcli.report import drawing
+
+    assert drawing.start()
+    try:
+        paths = [tmp_path / f"plot{i}.txt" for i in range(3)]  # fewer than SPLIT_FROM: one process draws
+        drawing.run([(_pid_and_args, (p, i)) for i, p in enumerate(paths)])
+        written = [p.read_text().split() for p in paths]
+        assert [int(w[0]) for w in written] == [0, 1, 2]
+        assert {w[1] for w in written} != {str(os.getpid())} and len({w[1] for w in written}) == 1
+        with pytest.raises(ValueError, match="this plot fails"):  # raised here, with its own type
+            drawing.run([(_fail_in_child, (tmp_path / "x", os.getpid()))])
+    finally:
+        drawing.stop()
+    assert multiprocessing.active_children() == []
+
+
+def test_a_failed_figure_leaves_no_file_in_the_output_folder(tmp_path):
+    import os
+
+    from trajcli.report.writers import OutputSet
+
+    with pytest.raises(ValueError, match="this plot fails"):
+        with OutputSet(tmp_path) as files:
+            files.text("result.json", "{}")
+            files.draw("plot.png", _fail_in_child, os.getpid() + 1)  # fails: not the recorded pid
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cli_stops_its_drawing_process(tmp_path):
+    import multiprocessing
+
+    write_trajectory("gpt_neox", tmp_path / "run", n=3, seed=2)
+    result = run(["similarity", tmp_path / "run", "--out", tmp_path / "out"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "out" / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert multiprocessing.active_children() == []
+
+
+def test_log_axis_labels_are_plain_text_not_mathtext(tmp_path):
+    from trajcli.report import plots
+
+    plt = plots._pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [1e-4, 1e-3, 2e-1])
+    plots._log_scale(ax, "y")
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    plt.close(fig)
+    assert {"10⁻⁴", "10⁻³", "10⁻²", "10⁻¹"} <= set(labels)
+    assert not any("$" in label for label in labels)
+    assert plots.plain_log_label(r"$\mathdefault{2\times10^{-3}}$") == "2×10⁻³"
+    assert plots.plain_log_label(r"$\mathdefault{-10^{12}}$") == "\u221210¹²"
+    assert plots.plain_log_label("step 5") == "step 5"
+    # A checkpoint named like a formula is drawn as its name (mathtext would fail on this one).
+    plots.trajectory_map(tmp_path / "map.png", np.eye(2), [r"$\frac{$", "b"], "a $\\bad$ title")
+    assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_drawing_process_ends_when_its_parent_is_killed():
+    import os
+    import signal
+    import sys
+    import time
+
+    code = ("import multiprocessing, os, signal\n"
+            "from trajcli.report import drawing\n"
+            "drawing.start()\n"
+            "print(multiprocessing.active_children()[0].pid, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    child = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the drawing process outlived its killed parent")

@@ -77,6 +77,9 @@ def handles_errors(fn):
             raise typer.Exit(130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
+            from trajcli.report import drawing
+
+            drawing.stop()
 
     return wrapper
 
@@ -96,13 +99,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one strict JSON doc
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write result files into this folder (created if needed).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings on stderr.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 when weights hold NaN/Inf values.")]
-def _import_plotting_in_background() -> None:
-    """matplotlib takes about half a second to import; a thread does it while the pass reads."""
-    import threading
+def _start_drawing() -> None:
+    """Plots follow: fork the drawing processes now, so that matplotlib loads in them while this
+    process reads (see trajcli.report.drawing)."""
+    from trajcli.report import drawing
 
-    from trajcli.report import plots
-
-    threading.Thread(target=plots.prepare, name="trajcli-import-matplotlib", daemon=True).start()
+    drawing.start()
 
 
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture family (see 'trajcli archs') [default: detected].")]
@@ -278,6 +280,10 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
     inv = load_inventory(paths, selection)
     try:
         out_dir = render.prepare_out(out, inv) if out is not None else None
+        if out_dir is not None and options.workers is None:
+            # Not beside --workers: its Dask workers are forked from this process, which should then
+            # hold no other processes' pipes and threads.
+            _start_drawing()
         segments, planned = plan_for(inv) if plan_for is not None else ({}, None)
         grams = None
         if out_dir is not None and not options.recompute:
@@ -286,13 +292,6 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
                 typer.echo(f"trajcli: reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)", err=True)
         if grams is None:
             device = resolve_device(options.device)
-            if out_dir is not None and options.workers is None:
-                # Plots follow: matplotlib loads in a thread while the pass (mostly BLAS and copies, which
-                # release the GIL) reads. torch first, so the two imports do not take turns on the GIL;
-                # never beside --workers, whose workers are forked from this process.
-                import torch  # noqa: F401
-
-                _import_plotting_in_background()
             grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
                                     scheduler=options.scheduler, workers=options.workers)
             if out_dir is not None:
@@ -695,7 +694,7 @@ def curvature(
     selection = _selection(every, max_checkpoints, steps, None, None, "error")
     request = CurvatureRequest(data, model, batch_size, seq_len, settings, momentum)
     if out is not None:
-        _import_plotting_in_background()
+        _start_drawing()
     doc, out_dir, _ = _measure_curvature(paths, selection, request, lr, lr_file, quiet, out)
     written = []
     if out_dir is not None:

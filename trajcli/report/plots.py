@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,9 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # Labels are plain text: a checkpoint named "run$1$" is not a formula, and no figure here needs
+    # mathtext (its parser costs about 0.3 s per process, and each label parsed more).
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -22,6 +27,43 @@ def _pyplot():
 def prepare() -> None:
     """Import matplotlib (Agg) now: plotting processes forked later share it instead of each importing it."""
     _pyplot()
+
+
+_SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def plain_log_label(label: str) -> str:
+    """A log-axis tick label as matplotlib writes it in mathtext ($\\mathdefault{10^{-3}}$,
+    $\\mathdefault{2\\times10^{-3}}$, $\\mathdefault{-10^{2}}$) in plain text: 10⁻³, 2×10⁻³, −10²."""
+    head, tail = "$\\mathdefault{", "}$"
+    if not (label.startswith(head) and label.endswith(tail)):
+        return label
+    body = label[len(head):-len(tail)].replace("\\times", "×")
+    body = re.sub(r"\^\{(-?\d+)\}", lambda m: m.group(1).translate(_SUPERSCRIPTS), body)
+    return body.replace("-", "\u2212")  # what is left is a sign: the minus matplotlib draws
+
+
+@functools.cache
+def _log_formatter():
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class PlainLogFormatter(LogFormatterSciNotation):
+        """matplotlib's log-axis labels (which decades, which minor ticks), as plain text."""
+
+        def __call__(self, x, pos=None):
+            return plain_log_label(super().__call__(x, pos))
+
+    return PlainLogFormatter
+
+
+def _log_scale(ax, which: str, scale: str = "log", **kwargs) -> None:
+    """`ax.set_{x,y}scale(scale)` ("log" or "symlog") with the same tick labels in plain text."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)(scale, **kwargs)
+    formatter = _log_formatter()
+    axis.set_major_formatter(formatter(10))
+    if scale == "log":
+        axis.set_minor_formatter(formatter(10, labelOnlyBase=False))
 
 
 def _tick_positions(n: int, max_ticks: int = 20) -> list[int]:
@@ -209,7 +251,7 @@ def _step_axis(ax, steps: list[int]) -> None:
     """Log-like x axis when the steps are log-spaced (Pythia-style), linear otherwise."""
     positive = [s for s in steps if s > 0]
     if len(positive) >= 3 and max(positive) / min(positive) >= 100:
-        ax.set_xscale("symlog", linthresh=max(1, min(positive)))
+        _log_scale(ax, "x", "symlog", linthresh=max(1, min(positive)))
         ax.set_xlim(left=min(steps))
     ax.set_xlabel("step")
 
@@ -237,7 +279,7 @@ def trajectory_pca(path: Path, coords: list[list[float]], steps: list, labels: l
     ax.set_xlabel(f"PC 1 ({ev[0]} of variance)")
     ax.set_ylabel(f"PC 2 ({ev[1]} of variance)")
     ax.set_title(title, fontsize=10)
-    fig.colorbar(points, ax=ax, label="step")
+    fig.colorbar(points, ax=ax, label="step", format=_log_formatter()(10) if norm is not None else None)
     ax.grid(alpha=0.3)
     _save(fig, path, fmt)
 
@@ -291,10 +333,10 @@ def dynamics(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> N
             axes[2].plot(steps, nan(g["effective_lr"]), **style)
     axes[0].set_ylabel("‖w‖")
     axes[1].set_ylabel("angle moved per step (degrees)")
-    axes[1].set_yscale("log")
+    _log_scale(axes[1], "y")
     if panels == 3:
         axes[2].set_ylabel("effective learning rate η / ‖w‖²")
-        axes[2].set_yscale("log")
+        _log_scale(axes[2], "y")
     for ax in axes:
         _step_axis(ax, steps)
         ax.grid(alpha=0.3)
@@ -319,7 +361,7 @@ def sharpness(path: Path, doc: dict, fmt: str = "png") -> None:
                     ls=styles[name][1], label=edge["formula"].replace("lr", "η"))
     values = [v for p in doc["points"] for v in p["eigenvalues"]]
     if values and min(values) > 0:
-        ax.set_yscale("log")
+        _log_scale(ax, "y")
     _step_axis(ax, steps)
     ax.set_ylabel("Hessian eigenvalue")
     ax.grid(alpha=0.3)
@@ -367,7 +409,7 @@ def glass(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> None
         values = [p["glass"][0]["glass_to_hessian"][j] for p in doc["points"]]
         axes[0].plot(steps, [np.nan if v is None else v for v in values], marker="o", ms=3,
                      color=cmap(j / max(len(sigmas) - 1, 1)), label=f"σ = {s:g}")
-    axes[0].set_yscale("log")
+    _log_scale(axes[0], "y")
     axes[0].set_ylabel("glass density / |Hessian diagonal|")
     axes[0].set_title("glass-to-Hessian ratio (whole model)", fontsize=10)
     axes[0].legend(fontsize=7)

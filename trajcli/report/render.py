@@ -290,31 +290,31 @@ def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format
     for name, doc in zip(names, docs):
         by_schema.setdefault(doc["schema"], []).append((name, doc))
     with OutputSet(out) as files:
-        def target(base: str, name: str, many: bool) -> Path:
+        def draw(base: str, name: str, many: bool, plot, *args) -> None:
             safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
             fname = f"{base}-{safe}.{plot_format}" if many else f"{base}.{plot_format}"
             written.append(fname)
-            return files.path_for(fname)
+            files.draw(fname, plot, *args, plot_format)
 
         for schema, runs in by_schema.items():
             many = len(runs) > 1
             for name, doc in runs:
                 if schema == SIMILARITY_SCHEMA:
-                    plots.trajectory_map(target("similarity", name, many), _as_matrix(doc["matrix"]), tick_labels(doc),
-                                         similarity_title(doc), plot_format)
+                    draw("similarity", name, many, plots.trajectory_map, _as_matrix(doc["matrix"]), tick_labels(doc),
+                         similarity_title(doc))
                 elif schema == LAYERS_SCHEMA:
-                    plots.layers_mds(target("layers_mds", name, many), doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})", plot_format)
-                    plots.map_grid(target("layers_maps", name, many), [(g["name"], _as_matrix(g["matrix"])) for g in doc["groups"]],
-                                   f"trajectory maps per {doc['by']} ({_mode_text(doc)})", plot_format)
+                    draw("layers_mds", name, many, plots.layers_mds, doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})")
+                    draw("layers_maps", name, many, plots.map_grid, [(g["name"], _as_matrix(g["matrix"])) for g in doc["groups"]],
+                         f"trajectory maps per {doc['by']} ({_mode_text(doc)})")
                 else:
-                    plots.qkv_curves(target("qkv_mds", name, many), [(name, doc)], plot_format)
-                    plots.qkv_heterogeneity(target("qkv_heterogeneity", name, many), doc, plot_format)
+                    draw("qkv_mds", name, many, plots.qkv_curves, [(name, doc)])
+                    draw("qkv_heterogeneity", name, many, plots.qkv_heterogeneity, doc)
                     if doc.get("per_head"):
-                        plots.qkv_heads(target("qkv_heads", name, many), doc, plot_format)
+                        draw("qkv_heads", name, many, plots.qkv_heads, doc)
             if many and schema == QKV_SCHEMA:
-                plots.qkv_curves(target("qkv_overlay", "", False), runs, plot_format)
+                draw("qkv_overlay", "", False, plots.qkv_curves, runs)
             if many and schema == LAYERS_SCHEMA:
-                plots.layers_overlay(target("layers_overlay", "", False), runs, plot_format)
+                draw("layers_overlay", "", False, plots.layers_overlay, runs)
     return [out / n for n in written]
 
 
@@ -356,13 +356,12 @@ def write_report(out: Path, result: dict, plot_format: str = "png") -> tuple[dic
     sims = result["similarity"]
     raw_doc = sims["raw"][0]
     head = result["headline"]
-    plots.prepare()  # import matplotlib once, before plotting processes fork
-    with OutputSet(out, defer_drawing=True) as files:
+    with OutputSet(out) as files:
         written = _add_report_files(files, result, plot_format)
         page_fmt = "png" if plot_format == "pdf" else plot_format
         if plot_format == "pdf":
             with tempfile.TemporaryDirectory() as tmp:
-                twin = OutputSet(Path(tmp), defer_drawing=True)
+                twin = OutputSet(Path(tmp))
                 page_names = _add_report_files(twin, result, "png")
                 images = {n.rsplit(".", 1)[0]: twin.written(n) for n in page_names if n.endswith(".png")}
                 twin.discard()

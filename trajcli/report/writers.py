@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from trajcli.errors import DataError
+from trajcli.report import drawing
 
 
 def strict(obj):
@@ -76,54 +77,6 @@ def prepare_out_dir(out: Path, input_paths: list[Path]) -> Path:
     return out
 
 
-def run_jobs(jobs: list[tuple], workers: int = 2) -> None:
-    """Run plotting jobs (fn, args); with several jobs and fork available, this process and a forked
-    child draw them side by side (matplotlib is not thread-safe; a fork shares the data without
-    pickling it). Each takes the next job number from a counter in shared memory, so a slow figure
-    does not leave the other process idle. A failed child fails the whole set."""
-    if len(jobs) < 4 or workers < 2 or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
-        for fn, args in jobs:
-            fn(*args)
-        return
-    import multiprocessing
-    import sys
-    import traceback
-
-    taken = multiprocessing.Value("i", 0)  # the next job to draw, shared with the forked child
-
-    def drain() -> None:
-        while True:
-            with taken.get_lock():
-                i = taken.value
-                taken.value = i + 1
-            if i >= len(jobs):
-                return
-            fn, args = jobs[i]
-            fn(*args)
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: draw, then leave without running the parent's exit handlers
-        code = 0
-        try:
-            drain()
-        except BaseException:  # noqa: BLE001 - reported by the parent through the exit status
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
-    try:
-        drain()
-    except BaseException:
-        os.kill(pid, 15)
-        os.waitpid(pid, 0)
-        raise
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        raise RuntimeError(f"a plotting process failed (status {status})")
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -134,10 +87,9 @@ class OutputSet:
     """Files to write together: each goes to a hidden temp file first and all are renamed at the end,
     so an error or an interruption leaves the folder as it was (no half-written results)."""
 
-    def __init__(self, out: Path, defer_drawing: bool = False):
+    def __init__(self, out: Path):
         self.out = out
         self._pending: list[tuple[Path, Path]] = []
-        self._defer = defer_drawing
         self._jobs: list[tuple] = []
 
     def _temp(self, name: str) -> Path:
@@ -155,21 +107,17 @@ class OutputSet:
             np.save(f, array)
 
     def path_for(self, name: str) -> Path:
-        """A temp path that a writer (e.g. matplotlib) fills; renamed to `name` on commit."""
+        """A temp path that a writer fills; renamed to `name` on commit."""
         return self._temp(name)
 
     def draw(self, name: str, plot, *args) -> None:
-        """`plot(path, *args)` into `name`; deferred (and then drawn in parallel) with defer_drawing."""
-        path = self._temp(name)
-        if self._defer:
-            self._jobs.append((plot, (path, *args)))
-        else:
-            plot(path, *args)
+        """`plot(path, *args)` into `name`, drawn with the others at `flush` or `commit` (see drawing)."""
+        self._jobs.append((plot, (self._temp(name), *args)))
 
     def flush(self) -> None:
-        """Draw every deferred plot."""
+        """Draw every plot asked for so far."""
         jobs, self._jobs = self._jobs, []
-        run_jobs(jobs)
+        drawing.run(jobs)
 
     def written(self, name: str) -> bytes:
         """What has been written so far under `name` (before commit)."""
@@ -180,7 +128,11 @@ class OutputSet:
         raise KeyError(name)
 
     def commit(self) -> list[Path]:
-        self.flush()
+        try:
+            self.flush()
+        except BaseException:
+            self.discard()  # a figure that failed leaves no file behind, nor do the others
+            raise
         done = []
         for tmp, final in self._pending:
             os.replace(tmp, final)
