@@ -190,6 +190,36 @@ def test_a_started_drawing_process_draws_every_job_once_and_reports_a_failure(tm
     assert multiprocessing.active_children() == []
 
 
+def test_a_drawing_process_that_died_fails_the_run_with_a_message(tmp_path):
+    import multiprocessing
+    import os
+    import signal
+
+    from trajcli.report import drawing
+
+    assert drawing.start()
+    try:
+        os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="drawing process ended unexpectedly"):
+            drawing.run([(_pid_and_args, (tmp_path / "p.txt", 0))])
+    finally:
+        drawing.stop()
+    assert multiprocessing.active_children() == [] and not (tmp_path / "p.txt").exists()
+
+
+def test_the_entry_point_starts_drawing_early_only_for_commands_that_draw():
+    from trajcli.cli import will_draw
+
+    assert will_draw(["report", "run/", "--out", "o"]) and will_draw(["similarity", "run/", "-o", "o"])
+    assert will_draw(["--debug", "layers", "run/", "--out=o"]) and will_draw(["qkv", "run/", "-oo"])
+    assert will_draw(["demo"]) and will_draw(["plot", "a.json"])
+    assert not will_draw(["similarity", "run/"])  # no --out: no figure
+    assert not will_draw(["similarity", "run/", "--on-mismatch", "skip"])  # not -o
+    assert not will_draw(["inspect", "run/", "--out", "o"]) and not will_draw(["report", "--help"])
+    assert not will_draw(["report", "run/", "--out", "o", "--workers", "2"])  # Dask forks its workers
+    assert not will_draw([]) and not will_draw(["--version"])
+
+
 def test_a_failed_figure_leaves_no_file_in_the_output_folder(tmp_path):
     import os
 

@@ -802,5 +802,30 @@ def demo(
                 curvature=request)
 
 
+# Commands that draw figures: always, or when given an output folder.
+_ALWAYS_DRAW = {"plot", "demo"}
+_DRAW_WITH_OUT = {"similarity", "layers", "qkv", "dynamics", "report", "curvature"}
+
+
+def will_draw(argv: list[str]) -> bool:
+    """Whether a command line will draw figures (read before parsing, to start the drawing process
+    early). A wrong guess costs an idle process that is stopped at exit."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None or any(a in ("-h", "--help", "--workers") or a.startswith("--workers=") for a in argv):
+        return False  # --workers forks its Dask workers from this process: no other child beside them
+    gives_out = any(a in ("--out", "-o") or a.startswith("--out=") or (a.startswith("-o") and a[1:2] != "-")
+                    for a in argv)
+    return command in _ALWAYS_DRAW or (command in _DRAW_WITH_OUT and gives_out)
+
+
 def main() -> None:
-    app()
+    import sys
+
+    from trajcli.report import drawing
+
+    if will_draw(sys.argv[1:]):
+        drawing.start()  # matplotlib loads in it while the command line is parsed and the data read
+    try:
+        app()
+    finally:
+        drawing.stop()

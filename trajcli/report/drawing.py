@@ -1,29 +1,31 @@
 """Where figures are drawn. matplotlib takes about half a second to import and a quarter second per
 figure, all of it Python under one GIL; a report draws a dozen figures. So:
 
-    drawing.start()      # before a pass: fork one drawing process, which imports matplotlib while
-                         # this process reads (a second process would import it again and slow the pass)
-    drawing.run(jobs)    # [(plot_function, args), ...]: that process draws them, with a child it
-                         # forks then (sharing its matplotlib), each taking the next job from a counter
+    drawing.start()      # early (before a pass): fork one drawing process, which imports matplotlib
+                         # while this process parses, reads and computes (a second one would import it
+                         # again, on the cores the pass uses)
+    drawing.run(jobs)    # [(plot_function, args), ...]: that process draws them, with a helper it forks
+                         # then (sharing its matplotlib), each taking the next job from a shared counter
     drawing.stop()       # at the end of the command
 
 The jobs are plot functions of `trajcli.report.plots` with their arguments (small: N × N matrices and
 result documents, pickled once to the drawing process); each writes its own file. Without `start()`
-(a library caller) `run` draws here, with a forked child for four jobs or more. The drawing process
-is forked before any thread of the pass exists, never touches torch and ignores Ctrl-C (this process
-stops it)."""
+(a library caller) `run` draws here, with a forked helper for SPLIT_FROM jobs or more.
+
+The drawing process is forked before any thread of a pass exists and never touches torch. It leads its
+own process group (Ctrl-C reaches this process only, which then stops it and its helper at once), and
+it ends by itself when this process ends, even killed outright: its end of the pipe then reads EOF."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 # Fewer jobs than this are drawn by one process: a fork would cost more than it saves.
 SPLIT_FROM = 4
 
-_pool: ProcessPoolExecutor | None = None
+_server = None  # (multiprocessing.Process, Connection) while a drawing process runs
 
 
 def _can_fork() -> bool:
@@ -32,70 +34,106 @@ def _can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-def _exit_with(parent: int) -> None:
-    """Leave when the parent is gone (killed outright: nothing would tell this process otherwise)."""
-    import time
-
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(0)
-
-
-def _ready(parent: int) -> None:
-    """Initializer of the drawing process: leave interruption to the parent and end with it, load
-    matplotlib (Agg)."""
-    import threading
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    threading.Thread(target=_exit_with, args=(parent,), name="trajcli-parent-watch", daemon=True).start()
-    from trajcli.report import plots
-
-    plots.prepare()
-
-
 def start() -> bool:
     """Fork the drawing process now (idempotent); False where processes cannot be forked."""
-    global _pool
-    if _pool is not None:
+    global _server
+    if _server is not None:
         return True
     if not _can_fork():
         return False
     import multiprocessing
 
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe()
     sys.stdout.flush()
     sys.stderr.flush()
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=_ready,
-                               initargs=(os.getpid(),))
-    pool.submit(int)  # the process is forked on the first submission: now, from this thread
-    _pool = pool
+    process = context.Process(target=_serve, args=(theirs, ours), name="trajcli-draw", daemon=True)
+    process.start()
+    theirs.close()
+    _server = (process, ours)
     return True
+
+
+def _serve(conn, parents_end) -> None:
+    """The drawing process: import matplotlib, then draw each list of jobs sent, replying None or
+    (exception, traceback text), until the pipe closes."""
+    import traceback
+
+    parents_end.close()  # only the parent holds that end now: its exit (or death) is our EOF
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from trajcli.report import plots
+
+    plots.prepare()
+    while True:
+        try:
+            jobs = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            draw(jobs)
+            reply = None
+        except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
+            reply = (exc, traceback.format_exc())
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text, then
+            conn.send((RuntimeError(f"{type(reply[0]).__name__}: {reply[0]}"), reply[1]))
 
 
 def run(jobs: list[tuple]) -> None:
     """Draw every (function, args) job, in the drawing process when one was started; a failed
-    figure raises here."""
+    figure raises its exception here."""
     if not jobs:
         return
-    if _pool is not None:
-        _pool.submit(draw, jobs).result()
-    else:
+    if _server is None:
         draw(jobs)
+        return
+    process, conn = _server
+    try:
+        conn.send(jobs)
+        reply = conn.recv()
+    except (EOFError, OSError):
+        _kill()
+        raise RuntimeError(f"the drawing process ended unexpectedly (exit code {process.exitcode})") from None
+    except BaseException:  # interrupted: stop the drawing now, before the caller discards its files
+        _kill()
+        raise
+    if reply is not None:
+        exc, text = reply
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(f"(raised in the drawing process)\n{text}")
+        raise exc
+
+
+def _kill() -> None:
+    """Stop the drawing process and any helper it forked, at once."""
+    global _server
+    server, _server = _server, None
+    if server is None:
+        return
+    process, conn = server
+    conn.close()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.join()
 
 
 def stop() -> None:
-    """Stop the drawing process (it is idle unless a command failed while it drew)."""
-    global _pool
-    pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+    """End the drawing process (idle by then: `run` returns only once its figures are drawn)."""
+    _kill()
 
 
 def draw(jobs: list[tuple]) -> None:
-    """Draw the jobs in this process and, with SPLIT_FROM jobs or more and two cores, a forked child
+    """Draw the jobs in this process and, with SPLIT_FROM jobs or more and two cores, a forked helper
     (matplotlib is not thread-safe; a fork shares the data and the imported matplotlib without
     pickling). Each takes the next job number from a counter in shared memory, so a slow figure does
-    not leave the other idle. A failed child fails the whole set."""
+    not leave the other idle. A failed helper fails the whole set."""
     if len(jobs) < SPLIT_FROM or not _can_fork() or (os.cpu_count() or 1) < 2:
         for fn, args in jobs:
             fn(*args)
@@ -106,7 +144,7 @@ def draw(jobs: list[tuple]) -> None:
     from trajcli.report import plots
 
     plots.prepare()  # imported once, before the fork
-    taken = multiprocessing.Value("i", 0)  # the next job to draw, shared with the forked child
+    taken = multiprocessing.Value("i", 0)  # the next job to draw, shared with the forked helper
 
     def drain() -> None:
         while True:
@@ -121,7 +159,7 @@ def draw(jobs: list[tuple]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
-    if pid == 0:  # the child: draw, then leave without running the parent's exit handlers
+    if pid == 0:  # the helper: draw, then leave without running the parent's exit handlers
         code = 0
         try:
             drain()
