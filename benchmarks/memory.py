@@ -11,6 +11,7 @@ RssAnon (anonymous resident memory; mapped checkpoint pages are file-backed and 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -32,17 +33,50 @@ def rss_anon_bytes(pid: int) -> int | None:
     return None
 
 
-def peak_anon(cmd: list[str]) -> tuple[int, float]:
-    """(peak RssAnon in bytes, wall seconds) of a whole process."""
+def pss_anon_bytes(pid: int) -> int:
+    """Proportional anonymous memory: pages shared with another process (a fork) count in part."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss_Anon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Child processes, theirs, and so on (of every thread: Dask forks its workers from another one)."""
+    kids = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+    except OSError:
+        return kids
+    return kids + [d for k in kids for d in descendants(k)]
+
+
+def peak_anon(cmd: list[str], children: list[int] | None = None) -> tuple[int, float]:
+    """(peak RssAnon in bytes, wall seconds) of a whole process. With a `children` list, the peak of
+    the summed Pss_Anon of its child processes (a drawing process, a Dask worker) is appended to it:
+    sampled every 50 ms, proportional, so pages a fork still shares with the parent are not counted
+    twice."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
+    peak = kids_peak = 0
+    samples = 0
     while proc.poll() is None:
         peak = max(peak, rss_anon_bytes(proc.pid) or 0)
+        if children is not None and samples % 10 == 0:
+            kids_peak = max(kids_peak, sum(pss_anon_bytes(k) for k in descendants(proc.pid)))
+        samples += 1
         time.sleep(0.005)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{cmd} failed: {proc.stderr.read().decode()}")
+    if children is not None:
+        children.append(kids_peak)
     return peak, wall
 
 

@@ -11,7 +11,8 @@ config.json — then times, as separate processes on a warm page cache (one unti
   pairwise    load both checkpoints of every pair (N² loads), the approach trajcli replaces
 
 for N = 8 and N = 16, and reports medians of --repeat runs, GB/s of checkpoint data, the ratios that
-matter, and the peak anonymous memory (RssAnon) of each process.
+matter, and the peak anonymous memory (RssAnon) of each process, with that of its child processes
+(report's drawing process, the Dask workers) beside it.
 
     python benchmarks/speed.py [--repeat 3] [--workdir DIR] [--skip-pairwise]
 """
@@ -136,10 +137,13 @@ def timed(commands: dict[str, list[str]], repeat: int) -> dict[str, tuple[float,
     peaks: dict[str, list[int]] = {k: [] for k in commands}
     for _ in range(repeat):
         for name, cmd in commands.items():
-            peak, wall = peak_anon(cmd)
+            peak, wall = peak_anon(cmd, CHILDREN.setdefault(name, []))
             walls[name].append(wall)
             peaks[name].append(peak)
     return {k: (statistics.median(walls[k]), max(peaks[k])) for k in commands}
+
+
+CHILDREN: dict[str, list[int]] = {}  # per command: the peak Pss_Anon of its child processes, per run
 
 
 def _has_dask() -> bool:
@@ -165,6 +169,7 @@ def main() -> None:
         baseline, _ = peak_anon([py, "-c", "import trajcli.cli, trajcli.pipeline, torch, numpy, safetensors, time; time.sleep(0.3)"])
         results = {}
         for n in (8, 16):
+            CHILDREN.clear()
             folder = work / f"n{n}" / "run"
             per_ckpt = build(folder, n)
             data_gb = per_ckpt * n / 1e9
@@ -198,8 +203,10 @@ def main() -> None:
             for key in ("reference", "similarity", "all", "workers", "pairwise"):  # "all" is trajcli report
                 if key in row:
                     wall, peak = row[key]
+                    kids = max(CHILDREN.get(key) or [0])
                     print(f"  {key:<11} {wall:7.2f} s  {data_gb / wall:6.2f} GB/s  peak RssAnon {peak / MIB:6.0f} MiB "
-                          f"(baseline + {(peak - baseline) / MIB:5.0f} MiB)")
+                          f"(baseline + {(peak - baseline) / MIB:5.0f} MiB)"
+                          + (f"; child processes + {kids / MIB:.0f} MiB" if kids else ""))
             print(f"  similarity / reference = {row['similarity'][0] / row['reference'][0]:.2f}")
             print(f"  report (all analyses) / similarity = {row['all'][0] / row['similarity'][0]:.2f}")
             if "workers" in row:
