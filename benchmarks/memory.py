@@ -22,27 +22,25 @@ from pathlib import Path
 MIB = 1024 * 1024
 
 
-def rss_anon_bytes(pid: int) -> int | None:
+def _proc_field(path: str, field: str) -> int | None:
+    """A `Field:   N kB` line of a /proc file, in bytes (None when the process or the line is gone)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("RssAnon:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
 
 
+def rss_anon_bytes(pid: int) -> int | None:
+    return _proc_field(f"/proc/{pid}/status", "RssAnon")
+
+
 def pss_anon_bytes(pid: int) -> int:
     """Proportional anonymous memory: pages shared with another process (a fork) count in part."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss_Anon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_field(f"/proc/{pid}/smaps_rollup", "Pss_Anon") or 0
 
 
 def descendants(pid: int) -> list[int]:
