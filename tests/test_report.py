@@ -285,3 +285,32 @@ def test_the_drawing_process_ends_when_its_parent_is_killed():
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the drawing process outlived its killed parent")
+
+
+def _slow_write(path):
+    import time
+
+    time.sleep(3)
+    path.write_text("drawn after the interruption")
+
+
+def test_ctrl_c_while_figures_are_drawn_stops_the_drawing_at_once(tmp_path):
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    from trajcli.report import drawing
+
+    assert drawing.start()
+    paths = [tmp_path / f"late{i}.txt" for i in range(4)]  # SPLIT_FROM jobs: the helper draws too
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            drawing.run([(_slow_write, (p,)) for p in paths])
+    finally:
+        drawing.stop()
+    assert multiprocessing.active_children() == []
+    time.sleep(3.5)  # the drawing process and its helper would have written by now
+    assert list(tmp_path.iterdir()) == []
