@@ -100,8 +100,8 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write resul
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings on stderr.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 when weights hold NaN/Inf values.")]
 def _start_drawing() -> None:
-    """Plots follow: fork the drawing processes now, so that matplotlib loads in them while this
-    process reads (see trajcli.report.drawing)."""
+    """Plots follow: fork the drawing process now (if `main` has not already), so that matplotlib
+    loads in it while this process reads (see trajcli.report.drawing)."""
     from trajcli.report import drawing
 
     drawing.start()
@@ -281,8 +281,8 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
     try:
         out_dir = render.prepare_out(out, inv) if out is not None else None
         if out_dir is not None and options.workers is None:
-            # Not beside --workers: its Dask workers are forked from this process, which should then
-            # hold no other processes' pipes and threads.
+            # Not beside --workers: its Dask workers are forked from this process and would hold the
+            # drawing process's pipe open, which then would not see this process end.
             _start_drawing()
         segments, planned = plan_for(inv) if plan_for is not None else ({}, None)
         grams = None
@@ -812,7 +812,7 @@ def will_draw(argv: list[str]) -> bool:
     early). A wrong guess costs an idle process that is stopped at exit."""
     command = next((a for a in argv if not a.startswith("-")), None)
     if command is None or any(a in ("-h", "--help", "--workers") or a.startswith("--workers=") for a in argv):
-        return False  # --workers forks its Dask workers from this process: no other child beside them
+        return False  # --workers: see _read_pass (figures are then drawn after the pass)
     gives_out = any(a in ("--out", "-o") or a.startswith("--out=") or (a.startswith("-o") and a[1:2] != "-")
                     for a in argv)
     return command in _ALWAYS_DRAW or (command in _DRAW_WITH_OUT and gives_out)
