@@ -1,3 +1,3 @@
-from trajcli.cli import main
+from trajcli.launch import main
 
 main()

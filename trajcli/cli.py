@@ -17,6 +17,7 @@ import typer
 
 from trajcli import __version__
 from trajcli.errors import TrajcliError
+from trajcli.launch import main, will_draw  # noqa: F401 - importable from here too
 
 app = typer.Typer(
     name="trajcli",
@@ -800,32 +801,3 @@ def demo(
                                    _curvature_settings(dtype="float64", device="cpu"))
     _run_report([str(checkpoints)], folder / "report", Selection(), PassOptions(memory_budget, quiet=quiet),
                 curvature=request)
-
-
-# Commands that draw figures: always, or when given an output folder.
-_ALWAYS_DRAW = {"plot", "demo"}
-_DRAW_WITH_OUT = {"similarity", "layers", "qkv", "dynamics", "report", "curvature"}
-
-
-def will_draw(argv: list[str]) -> bool:
-    """Whether a command line will draw figures (read before parsing, to start the drawing process
-    early). A wrong guess costs an idle process that is stopped at exit."""
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command is None or any(a in ("-h", "--help", "--workers") or a.startswith("--workers=") for a in argv):
-        return False  # --workers: see _read_pass (figures are then drawn after the pass)
-    gives_out = any(a in ("--out", "-o") or a.startswith("--out=") or (a.startswith("-o") and a[1:2] != "-")
-                    for a in argv)
-    return command in _ALWAYS_DRAW or (command in _DRAW_WITH_OUT and gives_out)
-
-
-def main() -> None:
-    import sys
-
-    from trajcli.report import drawing
-
-    if will_draw(sys.argv[1:]):
-        drawing.start()  # matplotlib loads in it while the command line is parsed and the data read
-    try:
-        app()
-    finally:
-        drawing.stop()
