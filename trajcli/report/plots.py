@@ -124,7 +124,7 @@ def map_grid(path: Path, maps: list[tuple[str, np.ndarray]], title: str, fmt: st
         top, left = r * tile_h + (tile_h - n - gap), c * (n + gap)
         mosaic[top: top + matrix.shape[0], left: left + matrix.shape[1]] = matrix
         ax.text(left + n / 2, top - 0.6, name if len(name) <= 24 else "…" + name[-23:], ha="center", va="bottom",
-                fontsize=6)
+                fontsize=6, in_layout=False)  # inside the image: no margin to make for it
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="white")
     image = ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     ax.axis("off")
