@@ -125,7 +125,6 @@ class SafetensorsReader(CheckpointReader):
 
     def _open(self) -> None:
         stored = []
-        self._torch_handles: dict[int, object] = {}
         for file_idx, path in enumerate(self.checkpoint.files):
             _check_not_lfs(path)
             try:
@@ -141,20 +140,17 @@ class SafetensorsReader(CheckpointReader):
                     f"cannot read safetensors file {path}: {_one_line(exc)}",
                     "the file is truncated or damaged; re-create or re-download it",
                 ) from None
-            self._handles.append(handle)
             self.size_bytes += path.stat().st_size
         _check_index(self.checkpoint, {s[0]: s[3] for s in stored})
         _add_tensors(self, stored, lightning=False)
 
-    def close(self) -> None:
-        super().close()
-        self._torch_handles.clear()
-
     def _rows(self, info: TensorInfo, row_start: int, row_stop: int) -> torch.Tensor:
         try:
-            handle = self._torch_handles.get(info.file_idx)
+            if not self._handles:  # not opened yet, or closed: one slot per file, filled on first read
+                self._handles.extend([None] * len(self.checkpoint.files))
+            handle = self._handles[info.file_idx]
             if handle is None:
-                handle = self._torch_handles[info.file_idx] = safe_open(
+                handle = self._handles[info.file_idx] = safe_open(
                     str(self.checkpoint.files[info.file_idx]), framework="pt")
             sl = handle.get_slice(info.stored_name)
             return sl[...] if not info.shape else sl[row_start:row_stop]
