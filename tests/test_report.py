@@ -208,7 +208,7 @@ def test_a_drawing_process_that_died_fails_the_run_with_a_message(tmp_path):
 
 
 def test_the_entry_point_starts_drawing_early_only_for_commands_that_draw():
-    from trajcli.cli import will_draw
+    from trajcli.launch import will_draw
 
     assert will_draw(["report", "run/", "--out", "o"]) and will_draw(["similarity", "run/", "-o", "o"])
     assert will_draw(["--debug", "layers", "run/", "--out=o"]) and will_draw(["qkv", "run/", "-oo"])

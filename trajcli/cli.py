@@ -17,7 +17,7 @@ import typer
 
 from trajcli import __version__
 from trajcli.errors import TrajcliError
-from trajcli.launch import main, will_draw  # noqa: F401 - importable from here too
+from trajcli.launch import main  # noqa: F401 - the entry point, importable from here too
 
 app = typer.Typer(
     name="trajcli",
@@ -221,7 +221,7 @@ def similarity(
     if strict and doc["nonfinite"]:
         raise DataError(f"{len(doc['nonfinite'])} tensor(s) hold NaN/Inf values (--strict); nothing was written",
                         "see the warnings above; drop --strict to analyse the remaining entries")
-    written = render.write_similarity(out_dir, doc, matrix, plot_format) if out_dir is not None else []
+    written = render.write(out_dir, render.add_similarity, doc, matrix, plot_format) if out_dir is not None else []
     if json_output:
         render.print_json(doc)
     else:
@@ -363,7 +363,7 @@ def layers(
     inv, grams, out_dir, (plan, architecture) = _read_pass(paths, selection, out, options, plan_for)
     doc, matrices, warnings = layers_result(inv, grams, plan, by, mode, reference, architecture)
     _warn_all(inv.warnings + warnings, quiet)
-    written = render.write_layers(out_dir, doc, matrices, plot_format) if out_dir is not None else []
+    written = render.write(out_dir, render.add_layers, doc, matrices, plot_format) if out_dir is not None else []
     if json_output:
         render.print_json(doc)
     else:
@@ -431,7 +431,7 @@ def qkv(
     inv, grams, out_dir, (plan, architecture, layer_ids) = _read_pass(paths, selection, out, options, plan_for)
     doc, warnings = qkv_result(inv, grams, plan, layer_ids, mode, reference, architecture, bias, per_head)
     _warn_all(inv.warnings + warnings, quiet)
-    written = render.write_qkv(out_dir, doc, plot_format) if out_dir is not None else []
+    written = render.write(out_dir, render.add_qkv, doc, plot_format) if out_dir is not None else []
     if json_output:
         render.print_json(doc)
     else:
@@ -614,7 +614,6 @@ def dynamics(
     from trajcli.io.inventory import compile_regex
     from trajcli.io.lr import learning_rate_points
     from trajcli.report import render
-    from trajcli.report.writers import OutputSet
 
     if lr is not None and lr_file is not None:
         raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
@@ -631,10 +630,7 @@ def dynamics(
     points, source = learning_rate_points(inv, lr, lr_file)
     doc, warnings = dynamics_result(inv, grams, points, source, invariant)
     _warn_all(inv.warnings + warnings, quiet)
-    written = []
-    if out_dir is not None:
-        with OutputSet(out_dir) as files:
-            written = [out_dir / n for n in render.add_dynamics(files, doc, plot_format)]
+    written = render.write(out_dir, render.add_dynamics, doc, plot_format) if out_dir is not None else []
     if json_output:
         render.print_json(doc)
     else:
@@ -683,7 +679,6 @@ def curvature(
       trajcli curvature trajcli-demo/checkpoints --data trajcli-demo/tokens.npy --model trajcli.demo:curvature_model
     """
     from trajcli.report import render
-    from trajcli.report.writers import OutputSet
 
     if lr is not None and lr_file is not None:
         raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
@@ -697,10 +692,7 @@ def curvature(
     if out is not None:
         _start_drawing()
     doc, out_dir, _ = _measure_curvature(paths, selection, request, lr, lr_file, quiet, out)
-    written = []
-    if out_dir is not None:
-        with OutputSet(out_dir) as files:
-            written = [out_dir / n for n in render.add_curvature(files, doc, plot_format)]
+    written = render.write(out_dir, render.add_curvature, doc, plot_format) if out_dir is not None else []
     if json_output:
         render.print_json(doc)
     else:

@@ -97,10 +97,10 @@ def run(jobs: list[tuple]) -> None:
         conn.send(jobs)
         reply = conn.recv()
     except (EOFError, OSError):
-        _kill()
+        stop()
         raise RuntimeError(f"the drawing process ended unexpectedly (exit code {process.exitcode})") from None
     except BaseException:  # interrupted: stop the drawing now, before the caller discards its files
-        _kill()
+        stop()
         raise
     if reply is not None:
         exc, text = reply
@@ -109,8 +109,9 @@ def run(jobs: list[tuple]) -> None:
         raise exc
 
 
-def _kill() -> None:
-    """Stop the drawing process and any helper it forked, at once."""
+def stop() -> None:
+    """End the drawing process and any helper it forked, at once (at the end of a command it is idle:
+    `run` returns only once its figures are drawn)."""
     global _server
     server, _server = _server, None
     if server is None:
@@ -122,11 +123,6 @@ def _kill() -> None:
     except (ProcessLookupError, PermissionError):
         pass
     process.join()
-
-
-def stop() -> None:
-    """End the drawing process (idle by then: `run` returns only once its figures are drawn)."""
-    _kill()
 
 
 def draw(jobs: list[tuple]) -> None:

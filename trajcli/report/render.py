@@ -129,9 +129,11 @@ def add_similarity(files: OutputSet, doc: dict, matrix: np.ndarray, plot_format:
     return names
 
 
-def write_similarity(out: Path, doc: dict, matrix: np.ndarray, plot_format: str = "png") -> list[Path]:
+def write(out: Path, add, *args) -> list[Path]:
+    """The files `add(files, *args)` adds (add_similarity, add_layers …), committed together into
+    `out`; their paths."""
     with OutputSet(out) as files:
-        names = add_similarity(files, doc, matrix, plot_format)
+        names = add(files, *args)
     return [out / n for n in names]
 
 
@@ -187,12 +189,6 @@ def add_layers(files: OutputSet, doc: dict, matrices: dict[str, np.ndarray], plo
     return names
 
 
-def write_layers(out: Path, doc: dict, matrices: dict[str, np.ndarray], plot_format: str = "png") -> list[Path]:
-    with OutputSet(out) as files:
-        names = add_layers(files, doc, matrices, plot_format)
-    return [out / n for n in names]
-
-
 def print_layers(doc: dict, written: list[Path]) -> None:
     from rich.table import Table
 
@@ -230,12 +226,6 @@ def add_qkv(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
         files.draw(f"qkv_heads.{plot_format}", plots.qkv_heads, doc, plot_format)
         names += ["qkv_heads.csv", f"qkv_heads.{plot_format}"]
     return names
-
-
-def write_qkv(out: Path, doc: dict, plot_format: str = "png") -> list[Path]:
-    with OutputSet(out) as files:
-        names = add_qkv(files, doc, plot_format)
-    return [out / n for n in names]
 
 
 def print_qkv(doc: dict, written: list[Path]) -> None:
