@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -178,11 +179,14 @@ def test_a_started_drawing_process_draws_every_job_once_and_reports_a_failure(tm
 
     assert drawing.start()
     try:
-        paths = [tmp_path / f"plot{i}.txt" for i in range(3)]  # fewer than SPLIT_FROM: one process draws
-        drawing.run([(_pid_and_args, (p, i)) for i, p in enumerate(paths)])
-        written = [p.read_text().split() for p in paths]
-        assert [int(w[0]) for w in written] == [0, 1, 2]
-        assert {w[1] for w in written} != {str(os.getpid())} and len({w[1] for w in written}) == 1
+        paths = [tmp_path / f"plot{i}.txt" for i in range(9)]
+        drawing.run([(_write_pid, (p, i)) for i, p in enumerate(paths)])
+        lines = [p.read_text().splitlines() for p in paths]
+        assert all(len(found) == 1 for found in lines)  # every job exactly once
+        written = [found[0].split() for found in lines]
+        assert [int(w[0]) for w in written] == list(range(9))  # each with its own arguments
+        drawers = {w[1] for w in written}
+        assert str(os.getpid()) not in drawers and len(drawers) <= drawing.DRAWERS
         with pytest.raises(ValueError, match="this plot fails"):  # raised here, with its own type
             drawing.run([(_fail_in_child, (tmp_path / "x", os.getpid()))])
     finally:
@@ -205,6 +209,85 @@ def test_a_drawing_process_that_died_fails_the_run_with_a_message(tmp_path):
     finally:
         drawing.stop()
     assert multiprocessing.active_children() == [] and not (tmp_path / "p.txt").exists()
+
+
+def _after_flag(path, flag):
+    import time
+
+    deadline = time.monotonic() + 30
+    while not flag.exists():  # created by the test only after `submit` has returned
+        if time.monotonic() > deadline:
+            raise TimeoutError("the job was drawn before its caller went on")
+        time.sleep(0.01)
+    path.write_text("drawn")
+
+
+def test_a_submitted_figure_is_drawn_while_the_caller_goes_on(tmp_path):
+    import multiprocessing
+
+    from trajcli.report import drawing
+
+    assert drawing.start()
+    try:
+        flag, path = tmp_path / "flag", tmp_path / "plot.txt"
+        number = drawing.submit(_after_flag, (path, flag))
+        flag.write_text("go")  # the caller's next work: the job can only finish after it
+        drawing.wait([number])
+        assert path.read_text() == "drawn"
+    finally:
+        drawing.stop()
+    assert multiprocessing.active_children() == []
+
+
+def _mark_then_block(folder):
+    import time
+
+    (folder / str(os.getpid())).write_text("")  # this drawer holds a job now
+    time.sleep(60)
+
+
+def test_a_drawer_that_died_holding_a_figure_fails_the_run_with_a_message(tmp_path):
+    import multiprocessing
+    import signal
+    import time
+
+    from trajcli.report import drawing
+
+    assert drawing.start()
+    try:
+        server = multiprocessing.active_children()[0].pid
+        numbers = [drawing.submit(_mark_then_block, (tmp_path,)) for _ in range(drawing.DRAWERS)]
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.iterdir())) < drawing.DRAWERS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        helper = next(int(p.name) for p in tmp_path.iterdir() if int(p.name) != server)
+        os.kill(helper, signal.SIGKILL)  # the forked helper, in the middle of its figure
+        with pytest.raises(RuntimeError, match="drawing process ended unexpectedly"):
+            drawing.wait(numbers)
+    finally:
+        drawing.stop()
+    assert multiprocessing.active_children() == []
+
+
+def test_an_interrupted_output_set_stops_the_figures_it_sent(tmp_path):
+    import time
+
+    from trajcli.report import drawing
+    from trajcli.report.writers import OutputSet
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert drawing.start()
+    try:
+        with pytest.raises(KeyError):
+            with OutputSet(out) as files:
+                files.draw("late.txt", _slow_write)  # sent at once, drawn for 3 s
+                files.text("result.json", "{}")
+                raise KeyError("the command failed while the figure was being drawn")
+        time.sleep(3.5)  # the figure would have been written by now
+        assert list(out.iterdir()) == []
+    finally:
+        drawing.stop()
 
 
 def test_the_entry_point_starts_drawing_early_only_for_commands_that_draw():

@@ -1,31 +1,49 @@
-"""Where figures are drawn. matplotlib takes about half a second to import and a quarter second per
+"""Where figures are drawn. matplotlib takes over half a second to import and a quarter second per
 figure, all of it Python under one GIL; a report draws a dozen figures. So:
 
-    drawing.start()      # early (before a pass): fork one drawing process, which imports matplotlib
-                         # while this process parses, reads and computes (a second one would import it
-                         # again, on the cores the pass uses)
-    drawing.run(jobs)    # [(plot_function, args), ...]: that process draws them, with a helper it forks
-                         # then (sharing its matplotlib), each taking the next job from a shared counter
-    drawing.stop()       # at the end of the command
+    drawing.start()          # early (before a pass): fork the drawing process, which imports
+                             # matplotlib while this process parses, reads and computes, then forks
+                             # a helper (sharing that import: a second import would cost the cores
+                             # the pass uses); both wait for jobs
+    job = drawing.submit(plot_function, args)
+                             # sent at once: drawn while this process goes on (writes the other
+                             # files, computes the next analysis)
+    drawing.wait([job, ...]) # until those are drawn; a failed figure raises its exception here
+    drawing.stop()           # at the end of the command
 
 The jobs are plot functions of `trajcli.report.plots` with their arguments (small: N × N matrices and
-result documents, pickled once to the drawing process); each writes its own file. Without `start()`
-(a library caller) `run` draws here, with a forked helper for SPLIT_FROM jobs or more.
+result documents, pickled to the drawing processes); each writes its own file. Each drawer takes the
+next job from the one job pipe, so a slow figure does not leave the other idle, and answers on a pipe
+of its own, so that a drawer which dies is seen (its pipe reads EOF). Without `start()` (a library
+caller, or beside Dask workers) `submit` returns None and `run` draws here, with a forked helper for
+SPLIT_FROM jobs or more.
 
 The drawing process is forked before any thread of a pass exists and never touches torch. It leads its
-own process group (Ctrl-C reaches this process only, which then stops it and its helper at once), and
-it ends by itself when this process ends, even killed outright: its end of the pipe then reads EOF."""
+own process group (Ctrl-C reaches this process only, which then stops the drawers at once), and they
+end by themselves when this process ends, even killed outright: the job pipe then reads EOF."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+from dataclasses import dataclass, field
 
-# Fewer jobs than this are drawn by one process: a fork would cost more than it saves.
+# Fewer jobs than this are drawn by one process when no drawing process was started: a fork would
+# cost more than it saves.
 SPLIT_FROM = 4
+DRAWERS = 2  # the drawing process and its helper
 
-_server = None  # (multiprocessing.Process, Connection) while a drawing process runs
+_server = None  # a _Server while a drawing process runs
+
+
+@dataclass
+class _Server:
+    process: object  # multiprocessing.Process: the drawing process (the helper is its child)
+    jobs: object  # Connection: the send end of the job pipe
+    replies: list  # Connection per drawer: (job number, None or (exception, traceback text))
+    done: dict = field(default_factory=dict)  # job number -> reply, received but not yet waited for
+    sent: int = 0  # job numbers handed out
 
 
 def _can_fork() -> bool:
@@ -44,85 +62,147 @@ def start() -> bool:
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    ours, theirs = context.Pipe()
+    jobs_in, jobs_out = context.Pipe(duplex=False)
+    replies = [context.Pipe(duplex=False) for _ in range(DRAWERS)]
     sys.stdout.flush()
     sys.stderr.flush()
-    process = context.Process(target=_serve, args=(theirs, ours), name="trajcli-draw", daemon=True)
+    process = context.Process(target=_serve, name="trajcli-draw", daemon=True,
+                              args=(jobs_in, [w for _, w in replies], context.Lock(),
+                                    [jobs_out] + [r for r, _ in replies]))
     process.start()
-    theirs.close()
-    _server = (process, ours)
+    jobs_in.close()
+    for _, w in replies:
+        w.close()
+    _server = _Server(process, jobs_out, [r for r, _ in replies])
     return True
 
 
-def _serve(conn, parents_end) -> None:
-    """The drawing process: import matplotlib, then draw each list of jobs sent, replying None or
-    (exception, traceback text), until the pipe closes."""
-    import traceback
-
-    parents_end.close()  # only the parent holds that end now: its exit (or death) is our EOF
+def _serve(jobs, replies, lock, parents_ends) -> None:
+    """The drawing process: import matplotlib, fork the helper, then both draw jobs until the job
+    pipe closes."""
+    for conn in parents_ends:
+        conn.close()  # only the parent holds those ends now: its exit (or death) is our EOF
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from trajcli.report import plots
 
     plots.prepare()
+    mine = replies[0]
+    for k, reply in enumerate(replies[1:], 1):
+        pid = os.fork()
+        if pid == 0:  # a helper: draw, then leave without running this process's exit handlers
+            try:
+                for other in replies[:k]:
+                    other.close()
+                _drain(jobs, lock, reply)
+            finally:
+                os._exit(0)
+        reply.close()
+    _drain(jobs, lock, mine)
+
+
+def _drain(jobs, lock, reply) -> None:
+    import traceback
+
     while True:
+        with lock:  # one reader at a time: a message is read whole
+            try:
+                number, fn, args = jobs.recv()
+            except (EOFError, OSError):
+                return
         try:
-            jobs = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            draw(jobs)
-            reply = None
+            fn(*args)
+            answer = None
         except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
-            reply = (exc, traceback.format_exc())
+            answer = (exc, traceback.format_exc())
         try:
-            conn.send(reply)
+            reply.send((number, answer))
         except (EOFError, OSError):
             return
         except Exception:  # noqa: BLE001 - an exception that does not pickle: its text, then
-            conn.send((RuntimeError(f"{type(reply[0]).__name__}: {reply[0]}"), reply[1]))
+            reply.send((number, (RuntimeError(f"{type(answer[0]).__name__}: {answer[0]}"), answer[1])))
+
+
+def submit(fn, args: tuple) -> int | None:
+    """Send one job to the drawing process; its number for `wait`, or None when no drawing process
+    runs (the caller then draws it itself, with `run`)."""
+    server = _server
+    if server is None:
+        return None
+    number = server.sent
+    server.sent += 1
+    try:
+        _collect(server, block=False)  # the replies so far: their pipes never fill up
+        server.jobs.send((number, fn, args))
+    except BaseException:
+        _failed(server)
+    return number
+
+
+def wait(numbers: list[int]) -> None:
+    """Until the given jobs are drawn; a failed one raises its exception here."""
+    server = _server
+    if not numbers:
+        return
+    if server is None:
+        raise RuntimeError("the drawing process was stopped before its figures were drawn")
+    try:
+        while any(n not in server.done for n in numbers):
+            _collect(server, block=True)
+    except BaseException:
+        _failed(server)
+    answers = [server.done.pop(n) for n in numbers]
+    for answer in answers:
+        if answer is not None:
+            exc, text = answer
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(f"(raised in the drawing process)\n{text}")
+            raise exc
+
+
+def _collect(server: _Server, block: bool) -> None:
+    from multiprocessing.connection import wait as ready
+
+    for conn in ready(server.replies, timeout=None if block else 0):
+        number, answer = conn.recv()  # EOFError: that drawer died
+        server.done[number] = answer
+
+
+def _failed(server: _Server) -> None:
+    """Stop the drawing at once (an interruption, or a drawer that ended), then raise: the caller
+    discards the files it was drawing."""
+    exc = sys.exc_info()[1]
+    stop()
+    if isinstance(exc, (EOFError, OSError)):
+        raise RuntimeError(f"the drawing process ended unexpectedly (exit code {server.process.exitcode})") from None
+    raise exc
 
 
 def run(jobs: list[tuple]) -> None:
-    """Draw every (function, args) job, in the drawing process when one was started; a failed
-    figure raises its exception here."""
-    if not jobs:
-        return
+    """Draw every (function, args) job: in the drawing process when one was started, else here."""
     if _server is None:
-        draw(jobs)
+        if jobs:
+            draw(jobs)
         return
-    process, conn = _server
-    try:
-        conn.send(jobs)
-        reply = conn.recv()
-    except (EOFError, OSError):
-        stop()
-        raise RuntimeError(f"the drawing process ended unexpectedly (exit code {process.exitcode})") from None
-    except BaseException:  # interrupted: stop the drawing now, before the caller discards its files
-        stop()
-        raise
-    if reply is not None:
-        exc, text = reply
-        if hasattr(exc, "add_note"):  # Python 3.11+
-            exc.add_note(f"(raised in the drawing process)\n{text}")
-        raise exc
+    wait([submit(fn, args) for fn, args in jobs])
 
 
 def stop() -> None:
-    """End the drawing process and any helper it forked, at once (at the end of a command it is idle:
-    `run` returns only once its figures are drawn)."""
+    """End the drawing process and its helper, at once (at the end of a command they are idle: its
+    figures were waited for)."""
     global _server
     server, _server = _server, None
     if server is None:
         return
-    process, conn = server
-    conn.close()
+    server.jobs.close()
+    for conn in server.replies:
+        conn.close()
     try:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(server.process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    process.join()
+    server.process.join()
 
 
 def draw(jobs: list[tuple]) -> None:

@@ -90,7 +90,8 @@ class OutputSet:
     def __init__(self, out: Path):
         self.out = out
         self._pending: list[tuple[Path, Path]] = []
-        self._jobs: list[tuple] = []
+        self._jobs: list[tuple] = []  # plots to draw here at `flush` (no drawing process runs)
+        self._sent: list[int] = []  # plots sent to the drawing process, not yet waited for
 
     def _temp(self, name: str) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out)
@@ -111,13 +112,21 @@ class OutputSet:
         return self._temp(name)
 
     def draw(self, name: str, plot, *args) -> None:
-        """`plot(path, *args)` into `name`, drawn with the others at `flush` or `commit` (see drawing)."""
-        self._jobs.append((plot, (self._temp(name), *args)))
+        """`plot(path, *args)` into `name`: sent to the drawing process at once when one runs (drawn
+        while this process goes on), else drawn with the others at `flush` or `commit` (see drawing)."""
+        job = (plot, (self._temp(name), *args))
+        number = drawing.submit(*job)
+        if number is None:
+            self._jobs.append(job)
+        else:
+            self._sent.append(number)
 
     def flush(self) -> None:
-        """Draw every plot asked for so far."""
+        """Every plot asked for so far, drawn."""
         jobs, self._jobs = self._jobs, []
         drawing.run(jobs)
+        drawing.wait(self._sent)
+        self._sent.clear()
 
     def written(self, name: str) -> bytes:
         """What has been written so far under `name` (before commit)."""
@@ -142,6 +151,9 @@ class OutputSet:
 
     def discard(self) -> None:
         self._jobs.clear()
+        if self._sent:  # figures may still be drawn into our temp files: stop that before removing them
+            drawing.stop()
+            self._sent.clear()
         for tmp, _ in self._pending:
             tmp.unlink(missing_ok=True)
         self._pending.clear()
