@@ -211,30 +211,44 @@ def test_a_drawing_process_that_died_fails_the_run_with_a_message(tmp_path):
     assert multiprocessing.active_children() == [] and not (tmp_path / "p.txt").exists()
 
 
-def _after_flag(path, flag):
+def _after_flag(path, flag, payload=None):
     import time
 
     deadline = time.monotonic() + 30
-    while not flag.exists():  # created by the test only after `submit` has returned
+    while not flag.exists():  # created by the test only after every `submit` has returned
         if time.monotonic() > deadline:
-            raise TimeoutError("the job was drawn before its caller went on")
+            raise TimeoutError("the caller waited for the drawers before going on")
         time.sleep(0.01)
-    path.write_text("drawn")
+    path.write_text(f"drawn {0 if payload is None else payload.size}")
 
 
-def test_a_submitted_figure_is_drawn_while_the_caller_goes_on(tmp_path):
+def test_submitted_figures_are_drawn_while_the_caller_goes_on(tmp_path):
     import multiprocessing
 
     from trajcli.report import drawing
 
     assert drawing.start()
     try:
-        flag, path = tmp_path / "flag", tmp_path / "plot.txt"
-        number = drawing.submit(_after_flag, (path, flag))
-        flag.write_text("go")  # the caller's next work: the job can only finish after it
-        drawing.wait([number])
-        assert path.read_text() == "drawn"
+        flag = tmp_path / "flag"
+        paths = [tmp_path / f"plot{i}.txt" for i in range(drawing.DRAWERS + 2)]
+        # every drawer busy, then a job larger than a pipe holds: `submit` still returns at once
+        numbers = [drawing.submit(_after_flag, (p, flag, np.zeros(200_000) if i > drawing.DRAWERS else None))
+                   for i, p in enumerate(paths)]
+        flag.write_text("go")  # the caller's next work: the jobs can only finish after it
+        drawing.wait(numbers)
+        assert [p.read_text() for p in paths] == ["drawn 0"] * (drawing.DRAWERS + 1) + ["drawn 200000"]
     finally:
+        drawing.stop()
+    assert multiprocessing.active_children() == []
+
+
+def test_a_drawing_process_stopped_at_once_ends():
+    import multiprocessing
+
+    from trajcli.report import drawing
+
+    for _ in range(5):  # stopped before it leads its own process group, or while importing matplotlib
+        assert drawing.start()
         drawing.stop()
     assert multiprocessing.active_children() == []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -336,11 +337,17 @@ def plan_report(inv: Inventory, arch: str | None, head_flags: dict) -> ReportPla
 
 
 def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, reference: str | None,
-                  lr_points: list | None = None, lr_source: str | None = None) -> dict:
+                  lr_points: list | None = None, lr_source: str | None = None,
+                  on_part: Callable[[dict, str], None] | None = None) -> dict:
     """Every analysis from one Gram set: similarity in three modes, layers by block and by role
-    (displacement), Q/K/V with heads (displacement), dynamics, lengths and bends, PCA, the headline."""
+    (displacement), Q/K/V with heads (displacement), dynamics, lengths and bends, PCA, the headline.
+    `on_part(result, part)` is called as each part is ready (its files can be written meanwhile)."""
     from trajcli.arch.grouping import scale_invariant_tensors
     from trajcli.engine.store import derive_gramset
+
+    def ready(part: str) -> None:
+        if on_part is not None:
+            on_part(out, part)
 
     out: dict = {"warnings": list(inv.warnings)}
     out["similarity"] = {}
@@ -349,21 +356,25 @@ def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, reference:
         out["similarity"][mode] = (doc, matrix)
         if mode == "raw":
             out["warnings"] += warnings
+    ready("similarity")
     per_tensor = derive_gramset(grams, plans.segments, {}, inv.tensors)
     for by, plan in (("block", plans.block), ("role", plans.role)):
         derived = per_tensor if not plan.segments else derive_gramset(grams, plans.segments, plan.segments, inv.tensors)
         doc, matrices, warnings = layers_result(inv, derived, plan, by, "displacement", reference, plans.architecture)
         out[f"layers_{by}"] = (doc, matrices)
         out["warnings"] += warnings
+        ready(f"layers_{by}")
     names = {t.name for t in inv.tensors} | {d["tensor"] for d in inv.left_out}
     invariant = scale_invariant_tensors(inv.tensors, names, None)
     out["dynamics"], warnings = dynamics_result(inv, per_tensor, lr_points or [], lr_source, invariant)
     out["warnings"] += warnings
+    ready("dynamics")
     if plans.qkv is not None:
         doc, warnings = qkv_result(inv, grams, plans.qkv, plans.qkv_layers, "displacement", reference,
                                    plans.architecture, True, plans.architecture.heads is not None)
         out["qkv"] = doc
         out["warnings"] += warnings
+        ready("qkv")
     elif plans.qkv_problem:
         out["warnings"].append(plans.qkv_problem)
     out["headline"] = _headline(out)

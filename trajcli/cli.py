@@ -562,15 +562,19 @@ def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_
 
     inv, grams, out_dir, plans = _read_pass(paths, selection, out, options, plan_for)
     points, source = learning_rate_points(inv, lr, lr_file)
-    result = report_result(inv, grams, plans, reference, points, source)
-    _warn_all(result["warnings"], options.quiet)
-    if curvature is not None:
-        from trajcli.analysis import curvature_headline
+    with render.ReportWriter(out_dir, plot_format) as report:
+        # each part's files are written, and its figures drawn, while the next part is computed
+        result = report_result(inv, grams, plans, reference, points, source, on_part=report.add)
+        _warn_all(result["warnings"], options.quiet)
+        if curvature is not None:
+            from trajcli.analysis import curvature_headline
 
-        result["curvature"], _, warnings = _measure_curvature(paths, selection, curvature, lr, lr_file, options.quiet)
-        result["warnings"] += warnings  # on the page and in report.json with the others
-        result["headline"].update(curvature_headline(result["curvature"]))
-    document, written = render.write_report(out_dir, result, plot_format)
+            result["curvature"], _, warnings = _measure_curvature(paths, selection, curvature, lr, lr_file,
+                                                                  options.quiet)
+            result["warnings"] += warnings  # on the page and in report.json with the others
+            result["headline"].update(curvature_headline(result["curvature"]))
+            report.add(result, "curvature")
+        document, written = report.finish(result)
     if json_output:
         render.print_json(document)
     else:

@@ -42,6 +42,8 @@ class _Server:
     process: object  # multiprocessing.Process: the drawing process (the helper is its child)
     jobs: object  # Connection: the send end of the job pipe
     replies: list  # Connection per drawer: (job number, None or (exception, traceback text))
+    outbox: object  # queue.SimpleQueue of pickled jobs, written to the job pipe by the `sender` thread
+    sender: object  # threading.Thread: a send blocks while both drawers are busy and the pipe is full
     done: dict = field(default_factory=dict)  # job number -> reply, received but not yet waited for
     sent: int = 0  # job numbers handed out
 
@@ -73,8 +75,24 @@ def start() -> bool:
     jobs_in.close()
     for _, w in replies:
         w.close()
-    _server = _Server(process, jobs_out, [r for r, _ in replies])
+    import queue
+    import threading
+
+    outbox = queue.SimpleQueue()
+    sender = threading.Thread(target=_send_all, args=(outbox, jobs_out), name="trajcli-draw-send", daemon=True)
+    sender.start()
+    _server = _Server(process, jobs_out, [r for r, _ in replies], outbox, sender)
     return True
+
+
+def _send_all(outbox, jobs) -> None:
+    """The sender thread: each pickled job to the job pipe, in order, until None (or the pipe breaks:
+    the drawers are gone, which `wait` reports)."""
+    while (payload := outbox.get()) is not None:
+        try:
+            jobs.send_bytes(payload)
+        except OSError:
+            return
 
 
 def _serve(jobs, replies, lock, parents_ends) -> None:
@@ -130,11 +148,15 @@ def submit(fn, args: tuple) -> int | None:
     server = _server
     if server is None:
         return None
+    from multiprocessing.reduction import ForkingPickler
+
     number = server.sent
     server.sent += 1
     try:
         _collect(server, block=False)  # the replies so far: their pipes never fill up
-        server.jobs.send((number, fn, args))
+        # pickled here and now (the caller may change its documents later), sent by the sender thread
+        # (this one goes on while the drawers are busy)
+        server.outbox.put(bytes(ForkingPickler.dumps((number, fn, args))))
     except BaseException:
         _failed(server)
     return number
@@ -195,14 +217,16 @@ def stop() -> None:
     server, _server = _server, None
     if server is None:
         return
+    try:
+        os.killpg(server.process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # not yet its own group (just forked): no helper yet
+        server.process.kill()
+    server.process.join()
+    server.outbox.put(None)  # a send still blocked fails now: no drawer holds the pipe's other end
+    server.sender.join(timeout=5)
     server.jobs.close()
     for conn in server.replies:
         conn.close()
-    try:
-        os.killpg(server.process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    server.process.join()
 
 
 def draw(jobs: list[tuple]) -> None:

@@ -310,53 +310,94 @@ def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format
 
 # ---- trajcli report ------------------------------------------------------------------------------
 
-def _add_report_files(files: OutputSet, result: dict, plot_format: str) -> list[str]:
-    """Every analysis' files and plots, plus the trajectory PCA and the lengths-and-bends plot."""
-    sims = result["similarity"]
+# The parts of a report result, in the order `report_result` computes them.
+REPORT_PARTS = ("similarity", "layers_block", "layers_role", "dynamics", "qkv", "curvature")
+
+
+def _add_report_part(files: OutputSet, result: dict, part: str, plot_format: str) -> list[str]:
+    """One part's files and plots (the similarity part adds the trajectory PCA and the lengths and
+    bends); the names written."""
     names: list[str] = []
-    for mode, (doc, matrix) in sims.items():
-        names += add_similarity(files, doc, matrix, plot_format, stem=f"similarity_{mode}")
-    for by in ("block", "role"):
-        doc, matrices = result[f"layers_{by}"]
-        names += add_layers(files, doc, matrices, plot_format, stem=f"layers_{by}")
-    if "qkv" in result:
+    if part == "similarity":
+        sims = result["similarity"]
+        for mode, (doc, matrix) in sims.items():
+            names += add_similarity(files, doc, matrix, plot_format, stem=f"similarity_{mode}")
+        raw = sims["raw"][0]
+        if raw["pca"]:
+            names.append(f"pca.{plot_format}")
+            files.draw(names[-1], plots.trajectory_pca, raw["pca"]["coords"], [c["step"] for c in raw["checkpoints"]],
+                       raw["labels"], raw["pca"]["explained_variance_ratio"],
+                       "trajectory in its top two principal directions", plot_format)
+        names.append(f"path.{plot_format}")
+        files.draw(names[-1], plots.path_measures, sims["displacement"][0], plot_format)
+    elif part.startswith("layers_"):
+        doc, matrices = result[part]
+        names += add_layers(files, doc, matrices, plot_format, stem=part)
+    elif part == "qkv":
         names += add_qkv(files, result["qkv"], plot_format)
-    raw = sims["raw"][0]
-    if raw["pca"]:
-        names.append(f"pca.{plot_format}")
-        files.draw(names[-1], plots.trajectory_pca, raw["pca"]["coords"], [c["step"] for c in raw["checkpoints"]],
-                   raw["labels"], raw["pca"]["explained_variance_ratio"], "trajectory in its top two principal directions",
-                   plot_format)
-    names.append(f"path.{plot_format}")
-    files.draw(names[-1], plots.path_measures, sims["displacement"][0], plot_format)
-    names += add_dynamics(files, result["dynamics"], plot_format)
-    if "curvature" in result:
+    elif part == "dynamics":
+        names += add_dynamics(files, result["dynamics"], plot_format)
+    elif part == "curvature":
         names += add_curvature(files, result["curvature"], plot_format)
+    else:
+        raise ValueError(f"unknown report part {part!r}")
     return names
 
 
 def write_report(out: Path, result: dict, plot_format: str = "png") -> tuple[dict, list[Path]]:
-    """Every result file, the plots, report.json and the self-contained report.html, committed together.
-    The page embeds the PNG or SVG plots; with --format pdf it embeds PNG twins drawn for it alone."""
-    import tempfile
+    """Every result file, the plots, report.json and the self-contained report.html, committed together."""
+    with ReportWriter(out, plot_format) as report:
+        for part in REPORT_PARTS:
+            if part in result:
+                report.add(result, part)
+        return report.finish(result)
 
-    from trajcli.analysis import REPORT_SCHEMA
-    from trajcli.report import html
 
-    sims = result["similarity"]
-    raw_doc = sims["raw"][0]
-    head = result["headline"]
-    with OutputSet(out) as files:
-        written = _add_report_files(files, result, plot_format)
-        page_fmt = "png" if plot_format == "pdf" else plot_format
-        if plot_format == "pdf":
-            with tempfile.TemporaryDirectory() as tmp:
-                twin = OutputSet(Path(tmp))
-                page_names = _add_report_files(twin, result, "png")
-                images = {n.rsplit(".", 1)[0]: twin.written(n) for n in page_names if n.endswith(".png")}
-                twin.discard()
+class ReportWriter:
+    """`trajcli report`'s files, written part by part as the analyses are ready (`add`), so that one
+    part's figures are drawn while the next part is computed; `finish` adds report.json and the
+    self-contained report.html and commits every file together. Leaving the `with` block by an
+    exception leaves the folder as it was. The page embeds the PNG or SVG plots; with --format pdf it
+    embeds PNG twins drawn for it alone."""
+
+    def __init__(self, out: Path, plot_format: str = "png"):
+        import tempfile
+
+        self.out, self.plot_format = out, plot_format
+        self.files = OutputSet(out)
+        self.written: list[str] = []
+        self._twin_dir = tempfile.TemporaryDirectory() if plot_format == "pdf" else None
+        self._twin = OutputSet(Path(self._twin_dir.name)) if self._twin_dir else None
+        self._twin_names: list[str] = []
+
+    def __enter__(self) -> "ReportWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.files.discard()  # after `finish` nothing is left to discard; before, everything is
+        if self._twin is not None:
+            self._twin.discard()
+            self._twin_dir.cleanup()
+
+    def add(self, result: dict, part: str) -> None:
+        """The files of `result[part]` (one of REPORT_PARTS), its figures sent to be drawn."""
+        self.written += _add_report_part(self.files, result, part, self.plot_format)
+        if self._twin is not None:
+            self._twin_names += _add_report_part(self._twin, result, part, "png")
+
+    def finish(self, result: dict) -> tuple[dict, list[Path]]:
+        from trajcli.analysis import REPORT_SCHEMA
+        from trajcli.report import html
+
+        files, written, out = self.files, self.written, self.out
+        sims = result["similarity"]
+        raw_doc = sims["raw"][0]
+        head = result["headline"]
+        page_fmt = "png" if self.plot_format == "pdf" else self.plot_format
+        if self._twin is not None:
+            images = {n.rsplit(".", 1)[0]: self._twin.written(n) for n in self._twin_names if n.endswith(".png")}
         else:
-            images = {n.rsplit(".", 1)[0]: files.written(n) for n in written if n.endswith(f".{plot_format}")}
+            images = {n.rsplit(".", 1)[0]: files.written(n) for n in written if n.endswith(f".{page_fmt}")}
 
         def fig(stem: str, alt: str, caption: str) -> tuple:
             wide = stem in ("path", "qkv_heads", "dynamics", "hessian_trace", "glass") or stem.endswith("_maps")
@@ -404,7 +445,8 @@ def write_report(out: Path, result: dict, plot_format: str = "png") -> tuple[dic
                   f"{head['n_tensors']} tensors")
         files.text("report.html", html.build_page("trajcli report", source, headline_rows(head), sections,
                                                   result["warnings"], document["files"]))
-    return document, [out / "report.html", out / "report.json"]
+        files.commit()
+        return document, [out / "report.html", out / "report.json"]
 
 
 def headline_rows(head: dict) -> list[tuple[str, str, str]]:
