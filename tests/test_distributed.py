@@ -125,7 +125,10 @@ def test_cli_on_the_cluster_equals_one_process(tmp_path, cluster):
                                                rtol=0, atol=1e-12)
 
 
-def test_workers_flag_forks_a_local_cluster_with_one_thread_each(tmp_path):
+@pytest.mark.skipif("forkserver" not in __import__("multiprocessing").get_all_start_methods(), reason="no fork server here")
+def test_workers_flag_forks_a_local_cluster_from_the_fork_server_with_one_thread_each(tmp_path):
+    from multiprocessing import forkserver as mp_forkserver
+
     from trajcli.engine.distributed import connect
 
     write_trajectory("gpt_neox", tmp_path / "run", n=4)
@@ -134,10 +137,15 @@ def test_workers_flag_forks_a_local_cluster_with_one_thread_each(tmp_path):
     assert alone.exit_code == 0 and spread.exit_code == 0, spread.stderr
     np.testing.assert_allclose(np.array(json.loads(spread.stdout)["matrix"], float),
                                np.array(json.loads(alone.stdout)["matrix"], float), atol=1e-12)
+    with pytest.raises(UsageError, match="--device cuda is for the pass in this process"):
+        from trajcli.cli import PassOptions, _read_pass
+
+        _read_pass([str(tmp_path / "run")], Selection(), None, PassOptions(device="cuda", workers=2))
     client = connect(None, 2)
     try:
-        # forked from this process, which has imported trajcli's CLI; a spawned worker has not
-        assert list(client.run(lambda: "trajcli.cli" in __import__("sys").modules).values()) == [True, True]
+        # forked from the fork server (which imported torch and the task code once), not spawned
+        server = mp_forkserver._forkserver._forkserver_pid
+        assert list(client.run(lambda: __import__("os").getppid()).values()) == [server, server]
         assert list(client.run(lambda: __import__("torch").get_num_threads()).values()) == [1, 1]
         blas = client.run(lambda: {p["num_threads"] for p in __import__("threadpoolctl").threadpool_info()})
         assert list(blas.values()) == [{1}, {1}]  # numpy's BLAS (and OpenMP) pools, one thread each
@@ -145,6 +153,18 @@ def test_workers_flag_forks_a_local_cluster_with_one_thread_each(tmp_path):
         cluster = client.cluster
         client.close()
         cluster.close()
+
+
+def test_the_entry_point_starts_the_fork_server_only_for_local_workers():
+    from trajcli.engine import forkserver
+    from trajcli.launch import wants_workers
+
+    assert wants_workers(["similarity", "run/", "--workers", "2"]) and wants_workers(["report", "run/", "--workers=2"])
+    assert not wants_workers(["similarity", "run/"]) and not wants_workers(["similarity", "--workers", "2", "--help"])
+    assert not wants_workers(["similarity", "run/", "--scheduler", "tcp://h:8786"])  # remote workers: none here
+    # what the workers import once, in the server; its quick exit last (its handler then runs first)
+    assert {"torch", "distributed", "trajcli.engine.distributed"} <= set(forkserver.PRELOAD)
+    assert forkserver.PRELOAD[-1] == "trajcli.engine.forkserver_exit"
 
 
 def test_small_chunks_share_tasks_in_order(tmp_path):

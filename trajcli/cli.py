@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from trajcli import __version__
-from trajcli.errors import TrajcliError
+from trajcli.errors import TrajcliError, UsageError
 from trajcli.launch import main  # noqa: F401 - the entry point, importable from here too
 
 app = typer.Typer(
@@ -274,6 +274,10 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
     from trajcli.report import render
 
     _check_choice(options.device, "--device", DEVICES)
+    distributed = options.scheduler is not None or options.workers is not None
+    if distributed and options.device == "cuda":
+        raise UsageError("--device cuda is for the pass in this process; Dask workers multiply on their CPUs",
+                         "drop --device cuda, or --scheduler/--workers")
     budget = parse_budget(options.memory_budget)
     available = available_memory_bytes()
     if options.memory_budget is not None and available and budget > available // 2 and not options.quiet:
@@ -292,7 +296,7 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
             if grams is not None and not options.quiet:
                 typer.echo(f"trajcli: reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)", err=True)
         if grams is None:
-            device = resolve_device(options.device)
+            device = "cpu" if distributed else resolve_device(options.device)  # (torch is not imported here then)
             grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
                                     scheduler=options.scheduler, workers=options.workers)
             if out_dir is not None:

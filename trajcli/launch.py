@@ -1,6 +1,7 @@
 """The `trajcli` entry point, kept light: it looks at the command line before anything heavy is
 imported, so that a command that will draw figures forks its drawing process at once (matplotlib
-then loads in it while this process imports Typer and trajcli, parses and reads)."""
+then loads in it while this process imports Typer and trajcli, parses and reads), and one that asks
+for local Dask workers starts their fork server at once (it imports torch meanwhile)."""
 
 from __future__ import annotations
 
@@ -22,14 +23,30 @@ def will_draw(argv: list[str]) -> bool:
     return command in _ALWAYS_DRAW or (command in _DRAW_WITH_OUT and gives_out)
 
 
+def wants_workers(argv: list[str]) -> bool:
+    """Whether a command line asks for a local Dask cluster (read before parsing, as `will_draw`)."""
+    return (any(a == "--workers" or a.startswith("--workers=") for a in argv)
+            and not any(a in ("-h", "--help") for a in argv))
+
+
 def main() -> None:
+    import gc
+
     from trajcli.report import drawing
 
     if will_draw(sys.argv[1:]):
         drawing.start()
+    elif wants_workers(sys.argv[1:]):
+        from trajcli.engine import forkserver
+
+        forkserver.start()  # the workers' fork server imports torch while this process imports the rest
     try:
         from trajcli.cli import app
 
         app()
     finally:
         drawing.stop()
+        # What is left is freed with the process. Frozen, the objects of torch, Dask and the run are
+        # not traversed by the collections of interpreter shutdown: ~0.3 s off every command that
+        # read checkpoints, ~0.5 s with --workers (exit handlers still run, files are still closed).
+        gc.freeze()

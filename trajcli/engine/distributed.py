@@ -10,7 +10,6 @@ run with the file's name, as in a single process.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -104,24 +103,25 @@ _METHOD_KEY = "distributed.worker.multiprocessing-method"
 
 
 def _local_client(n_workers: int):
-    """A client of a local cluster whose workers are forked from this process on Linux: it has imported
-    torch and trajcli already, so a worker is ready in a fraction of a second instead of the ~1.5 s a
-    spawned one spends importing them again (DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD
-    overrides). A forked worker keeps this process's thread pools; one torch and one BLAS thread per
-    worker process, as Dask's spawned workers have (OMP_NUM_THREADS=1), keeps 2 workers on 2 cores from
-    fighting over them. A worker Dask restarts later is spawned (the default), with OMP_NUM_THREADS=1."""
+    """A client of a local cluster of `n_workers` processes on this machine. Where the platform has a
+    fork server (Linux, macOS) and DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD does not choose
+    otherwise, the workers are forked from trajcli's (trajcli.engine.forkserver: torch, Dask's worker
+    and trajcli's task code imported once, in a process the entry point started as the command
+    began), so each is ready in a fraction of a second and this process never imports torch; else
+    Dask's default (spawned workers). A worker Dask restarts later is spawned. One torch and one BLAS
+    thread per worker, as Dask's spawned workers have (OMP_NUM_THREADS=1), keeps 2 workers on 2 cores
+    from fighting over them."""
     import dask
-    import torch  # noqa: F401 - imported here, before the fork, so that no worker imports it again
     from dask.distributed import Client, LocalCluster
 
+    from trajcli.engine import forkserver
+
     try:
-        import threadpoolctl  # noqa: F401 - limits a forked worker's BLAS threads (_one_thread_per_worker)
+        import threadpoolctl  # noqa: F401 - limits a worker's BLAS threads (_one_thread_per_worker)
     except ImportError:
         raise UsageError("--workers needs threadpoolctl beside Dask", "pip install 'trajcli[dask]'") from None
 
-    method = dask.config.get(_METHOD_KEY)
-    if sys.platform.startswith("linux") and "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD" not in os.environ:
-        method = "fork"
+    method = "forkserver" if forkserver.start() else dask.config.get(_METHOD_KEY)  # start(): if not yet
     with dask.config.set({_METHOD_KEY: method}):
         # no dashboard; the scheduler's HTTP endpoints on a free loopback port, not on :8787 of every interface
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",

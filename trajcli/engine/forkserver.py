@@ -1,0 +1,41 @@
+"""Where the workers of `--workers N` come from: a fork server (multiprocessing's, which Dask's local
+cluster can use) that has imported torch, Dask's worker and trajcli's reading code once.
+
+`start()` is called as early as possible (by the entry point, before it imports Typer and trajcli): the
+server is a fresh interpreter that imports those modules on another core while this process imports its
+own, so the ~2 s of importing torch no longer sits between the start of the command and the pass (this
+process, which only schedules, never imports torch at all). Every worker is then forked from the
+server, ready in a fraction of a second. The server is a plain single-threaded process (no inherited
+thread pools or file descriptors) and ends when this process does.
+
+Kept light: it imports nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+
+# What a worker needs: Dask's worker, torch (reading checkpoints) and trajcli's task code; then the
+# server's quick exit (see trajcli.engine.forkserver_exit).
+PRELOAD = ["distributed", "torch", "trajcli.engine.distributed", "trajcli.io.sources", "trajcli.engine.forkserver_exit"]
+_METHOD_ENV = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
+
+
+def usable() -> bool:
+    """Whether local workers are forked from the server: the platform has fork servers (Linux, macOS)
+    and the user has not chosen another start method for Dask's workers."""
+    import multiprocessing
+
+    return _METHOD_ENV not in os.environ and "forkserver" in multiprocessing.get_all_start_methods()
+
+
+def start() -> bool:
+    """Start the fork server now, importing PRELOAD (idempotent; returns at once: the imports run in
+    the server). False where it is not used."""
+    if not usable():
+        return False
+    from multiprocessing import forkserver
+
+    forkserver.set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()
+    return True
