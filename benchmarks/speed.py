@@ -63,6 +63,7 @@ for name in opened[0][0]:
             torch.from_numpy(x[k]).copy_(handles[index[name]].get_slice(name)[a:b].reshape(-1))
         gram += x @ x.T
 print(gram[0, 0])
+import gc; gc.freeze()  # as trajcli does: no collection over torch's objects at interpreter shutdown
 '''
 
 PAIRWISE = r'''
