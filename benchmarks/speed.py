@@ -217,8 +217,10 @@ def main() -> None:
                 if key in row:
                     wall, peak = row[key]
                     kids = max(CHILDREN.get(key) or [0])
+                    extra = (f"baseline + {(peak - baseline) / MIB:5.0f} MiB" if peak >= baseline
+                             else "below the baseline: no torch here")  # --workers: the driver only schedules
                     print(f"  {key:<11} {wall:7.2f} s  {data_gb / wall:6.2f} GB/s  peak RssAnon {peak / MIB:6.0f} MiB "
-                          f"(baseline + {(peak - baseline) / MIB:5.0f} MiB)"
+                          f"({extra})"
                           + (f"; child processes + {kids / MIB:.0f} MiB" if kids else ""))
             print(f"  similarity / reference = {row['similarity'][0] / row['reference'][0]:.2f}")
             print(f"  report (all analyses) / similarity = {row['all'][0] / row['similarity'][0]:.2f}")
