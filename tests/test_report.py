@@ -148,6 +148,16 @@ def _fail_in_child(path, parent):
     _write_pid(path, 0)
 
 
+def _drawers_of(paths) -> set[str]:
+    """The processes that drew the `_write_pid` jobs numbered 0, 1, … into `paths`, each checked drawn
+    exactly once with its own arguments."""
+    lines = [p.read_text().splitlines() for p in paths]
+    assert all(len(found) == 1 for found in lines)  # every job exactly once
+    written = [found[0].split() for found in lines]
+    assert [int(w[0]) for w in written] == list(range(len(paths)))  # each with its own arguments
+    return {w[1] for w in written}
+
+
 def test_plotting_jobs_each_run_once_across_two_processes(tmp_path, monkeypatch):
     import os
 
@@ -156,11 +166,7 @@ def test_plotting_jobs_each_run_once_across_two_processes(tmp_path, monkeypatch)
     monkeypatch.setattr(drawing.os, "cpu_count", lambda: 2)
     paths = [tmp_path / f"plot{i}.txt" for i in range(9)]
     drawing.draw([(_write_pid, (p, i)) for i, p in enumerate(paths)])
-    lines = [p.read_text().splitlines() for p in paths]
-    assert all(len(found) == 1 for found in lines)  # every job exactly once
-    written = [found[0].split() for found in lines]
-    assert [int(w[0]) for w in written] == list(range(9))  # each with its own arguments
-    assert len({w[1] for w in written}) == 2  # drawn by this process and a forked one
+    assert len(_drawers_of(paths)) == 2  # this process and a forked one
     with pytest.raises(RuntimeError, match="plotting process failed"):  # a job failing in the child
         drawing.draw([(_fail_in_child, (tmp_path / "x", os.getpid()))] * 20)
 
@@ -181,11 +187,7 @@ def test_a_started_drawing_process_draws_every_job_once_and_reports_a_failure(tm
     try:
         paths = [tmp_path / f"plot{i}.txt" for i in range(9)]
         drawing.run([(_write_pid, (p, i)) for i, p in enumerate(paths)])
-        lines = [p.read_text().splitlines() for p in paths]
-        assert all(len(found) == 1 for found in lines)  # every job exactly once
-        written = [found[0].split() for found in lines]
-        assert [int(w[0]) for w in written] == list(range(9))  # each with its own arguments
-        drawers = {w[1] for w in written}
+        drawers = _drawers_of(paths)
         assert str(os.getpid()) not in drawers and len(drawers) <= drawing.DRAWERS
         with pytest.raises(ValueError, match="this plot fails"):  # raised here, with its own type
             drawing.run([(_fail_in_child, (tmp_path / "x", os.getpid()))])
