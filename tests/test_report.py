@@ -315,7 +315,7 @@ def test_the_entry_point_starts_drawing_early_only_for_commands_that_draw():
     assert not will_draw(["similarity", "run/"])  # no --out: no figure
     assert not will_draw(["similarity", "run/", "--on-mismatch", "skip"])  # not -o
     assert not will_draw(["inspect", "run/", "--out", "o"]) and not will_draw(["report", "--help"])
-    assert not will_draw(["report", "run/", "--out", "o", "--workers", "2"])  # Dask forks its workers
+    assert not will_draw(["report", "run/", "--out", "o", "--workers", "2"])  # see trajcli.cli._read_pass
     assert not will_draw([]) and not will_draw(["--version"])
 
 

@@ -286,8 +286,9 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
     try:
         out_dir = render.prepare_out(out, inv) if out is not None else None
         if out_dir is not None and options.workers is None:
-            # Not beside --workers: its Dask workers are forked from this process and would hold the
-            # drawing process's pipe open, which then would not see this process end.
+            # Not beside --workers: Dask may fork its workers from this process (where the fork server
+            # is not used: DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=fork), and they would hold
+            # the drawing process's pipes open, which then would not see this process end.
             _start_drawing()
         segments, planned = plan_for(inv) if plan_for is not None else ({}, None)
         grams = None
