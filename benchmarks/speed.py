@@ -152,10 +152,20 @@ def timed(commands: dict[str, list[str]], repeat: int) -> dict[str, tuple[float,
             peak, wall = peak_anon(cmd, CHILDREN.setdefault(name, []))
             walls[name].append(wall)
             peaks[name].append(peak)
+    WALLS.update(walls)
     return {k: (statistics.median(walls[k]), max(peaks[k])) for k in commands}
 
 
 CHILDREN: dict[str, list[int]] = {}  # per command: the peak Pss_Anon of its child processes, per run
+WALLS: dict[str, list[float]] = {}  # per command: the wall seconds of each round
+
+
+def ratio(a: str, b: str) -> str:
+    """a / b as the ratio of the medians, and as the median of the ratios within each round (which a
+    machine that speeds up or slows down between rounds disturbs less)."""
+    per_round = [x / y for x, y in zip(WALLS[a], WALLS[b])]
+    return (f"{statistics.median(WALLS[a]) / statistics.median(WALLS[b]):.2f} (per round: median "
+            f"{statistics.median(per_round):.2f}, {min(per_round):.2f}–{max(per_round):.2f})")
 
 
 def _has_dask() -> bool:
@@ -222,10 +232,10 @@ def main() -> None:
                     print(f"  {key:<11} {wall:7.2f} s  {data_gb / wall:6.2f} GB/s  peak RssAnon {peak / MIB:6.0f} MiB "
                           f"({extra})"
                           + (f"; child processes + {kids / MIB:.0f} MiB" if kids else ""))
-            print(f"  similarity / reference = {row['similarity'][0] / row['reference'][0]:.2f}")
-            print(f"  report (all analyses) / similarity = {row['all'][0] / row['similarity'][0]:.2f}")
+            print(f"  similarity / reference = {ratio('similarity', 'reference')}")
+            print(f"  report (all analyses) / similarity = {ratio('all', 'similarity')}")
             if "workers" in row:
-                print(f"  similarity --workers {args.workers} / similarity = {row['workers'][0] / row['similarity'][0]:.2f}"
+                print(f"  similarity --workers {args.workers} / similarity = {ratio('workers', 'similarity')}"
                       " (peak RssAnon: the driver process only)")
             print(f"  reusing saved Grams: {row['reuse_s']:.2f} s, of which start-up {row['startup_s']:.2f} s"
                   " (imports, and matplotlib's in the drawing process)")
