@@ -310,10 +310,6 @@ def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format
 
 # ---- trajcli report ------------------------------------------------------------------------------
 
-# The parts of a report result, in the order `report_result` computes them.
-REPORT_PARTS = ("similarity", "layers_block", "layers_role", "dynamics", "qkv", "curvature")
-
-
 def _add_report_part(files: OutputSet, result: dict, part: str, plot_format: str) -> list[str]:
     """One part's files and plots (the similarity part adds the trajectory PCA and the lengths and
     bends); the names written."""
@@ -344,15 +340,6 @@ def _add_report_part(files: OutputSet, result: dict, part: str, plot_format: str
     return names
 
 
-def write_report(out: Path, result: dict, plot_format: str = "png") -> tuple[dict, list[Path]]:
-    """Every result file, the plots, report.json and the self-contained report.html, committed together."""
-    with ReportWriter(out, plot_format) as report:
-        for part in REPORT_PARTS:
-            if part in result:
-                report.add(result, part)
-        return report.finish(result)
-
-
 class ReportWriter:
     """`trajcli report`'s files, written part by part as the analyses are ready (`add`), so that one
     part's figures are drawn while the next part is computed; `finish` adds report.json and the
@@ -380,7 +367,8 @@ class ReportWriter:
             self._twin_dir.cleanup()
 
     def add(self, result: dict, part: str) -> None:
-        """The files of `result[part]` (one of REPORT_PARTS), its figures sent to be drawn."""
+        """The files of `result[part]` (similarity, layers_block, layers_role, dynamics, qkv or
+        curvature), its figures sent to be drawn."""
         self.written += _add_report_part(self.files, result, part, self.plot_format)
         if self._twin is not None:
             self._twin_names += _add_report_part(self._twin, result, part, "png")
