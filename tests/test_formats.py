@@ -122,6 +122,48 @@ def test_bf16_and_mixed_dtypes_match_the_stored_values(tmp_path):
         np.testing.assert_allclose(as_array(doc["matrix"]), explicit_matrix(stored, mode), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_safetensors_rows_are_the_stored_values_bit_for_bit(tmp_path, dtype):
+    """Rows are converted by numpy from a mapping of the file (no torch): every value exactly as torch
+    converts it, for row ranges of matrices, slices of vectors and scalars (extreme values included)."""
+    from trajcli.io.discover import discover_checkpoints
+    from trajcli.io.sources import open_checkpoint
+
+    gen = torch.Generator().manual_seed(11)
+    sd = {"m.weight": torch.randn(7, 5, generator=gen, dtype=torch.float64) * 1e3,
+          "v.bias": torch.randn(9, generator=gen, dtype=torch.float64), "s.scale": torch.tensor(-0.3, dtype=torch.float64),
+          "e.weight": torch.tensor([[torch.finfo(dtype).max, torch.finfo(dtype).tiny, -0.0, 1 / 3]], dtype=torch.float64)}
+    stored = {k: v.to(dtype) for k, v in sd.items()}
+    save_safetensors_dir(tmp_path / "step0", stored)
+    reader = open_checkpoint(discover_checkpoints([str(tmp_path / "step0")]).checkpoints[0])
+    try:
+        for name, start, stop in (("m.weight", 0, 7), ("m.weight", 2, 5), ("v.bias", 3, 9), ("s.scale", 0, 1),
+                                  ("e.weight", 0, 1)):
+            want = stored[name].reshape(-1, *stored[name].shape[1:])[start:stop] if stored[name].dim() else stored[name]
+            out = np.full(want.numel(), np.nan)
+            reader.read_into(name, start, stop, out)
+            assert out.tobytes() == want.to(torch.float64).reshape(-1).numpy().tobytes(), name
+    finally:
+        reader.close()
+
+
+def test_a_safetensors_file_cut_short_after_opening_names_file_and_tensor(tmp_path):
+    from trajcli.errors import DataError
+    from trajcli.io.discover import discover_checkpoints
+    from trajcli.io.sources import open_checkpoint
+
+    path = save_safetensors_dir(tmp_path / "step0", {"a.weight": torch.ones(64, 4), "b.weight": torch.ones(64, 4)})
+    reader = open_checkpoint(discover_checkpoints([str(tmp_path / "step0")]).checkpoints[0])
+    path = path / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-600])  # the second tensor's rows are gone
+    try:
+        last = max(reader.tensors, key=lambda n: reader.tensors[n].stored_name)
+        with pytest.raises(DataError, match=f"{last}.*rows 32:64 of {path}"):
+            reader.read_into(last, 32, 64, np.empty(128))
+    finally:
+        reader.close()
+
+
 def test_near_identical_finetune_displacements_are_exact(tmp_path):
     """Updates of 1e-9 of ‖θ‖ in float64 checkpoints: a raw Gram minus its rows would lose every digit;
     forming the differences per chunk keeps the displacement and update maps exact."""
