@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import random_trajectory, run, save_safetensors_dir
 from test_qkv import write_trajectory
@@ -91,6 +92,26 @@ def test_a_killed_worker_does_not_change_the_result(tmp_path, cluster):
     _assert_same(alone, spread)
 
 
+def test_torch_files_and_half_precision_on_the_cluster(tmp_path, cluster):
+    """nanoGPT files (the workers import torch for them) and bfloat16/float16 safetensors (read
+    without it): the same Grams as one process."""
+    from helpers import save_nanogpt
+    from trajcli.engine.distributed import accumulate_distributed
+
+    sds = random_trajectory(3, seed=12)
+    (tmp_path / "pt").mkdir()
+    for k, sd in enumerate(sds):
+        save_nanogpt(tmp_path / "pt" / f"ckpt_{k}.pt", sd, iter_num=100 * k)
+        dtype = (torch.bfloat16, torch.float16, torch.bfloat16)[k]
+        save_safetensors_dir(tmp_path / "half" / f"step{k}", {name: t.to(dtype) for name, t in sd.items()})
+    for folder in ("pt", "half"):
+        inv = _inventory(tmp_path / folder)
+        try:
+            _assert_same(accumulate(inv, 1 << 12), accumulate_distributed(inv, cluster[1], 1 << 12))
+        finally:
+            inv.close()
+
+
 def test_a_failed_read_names_the_file(tmp_path, cluster):
     from trajcli.engine.distributed import accumulate_distributed
 
@@ -129,7 +150,7 @@ def test_cli_on_the_cluster_equals_one_process(tmp_path, cluster):
 def test_workers_flag_forks_a_local_cluster_from_the_fork_server_with_one_thread_each(tmp_path):
     from multiprocessing import forkserver as mp_forkserver
 
-    from trajcli.engine.distributed import connect
+    from trajcli.engine.distributed import accumulate_distributed, connect
 
     write_trajectory("gpt_neox", tmp_path / "run", n=4)
     alone = run(["similarity", tmp_path / "run", "--mode", "displacement", "--json"])
@@ -142,14 +163,19 @@ def test_workers_flag_forks_a_local_cluster_from_the_fork_server_with_one_thread
 
         _read_pass([str(tmp_path / "run")], Selection(), None, PassOptions(device="cuda", workers=2))
     client = connect(None, 2)
+    inv = _inventory(tmp_path / "run")
     try:
-        # forked from the fork server (which imported torch and the task code once), not spawned
+        # forked from the fork server (which imported Dask's worker and the task code once), not spawned
         server = mp_forkserver._forkserver._forkserver_pid
         assert list(client.run(lambda: __import__("os").getppid()).values()) == [server, server]
+        _assert_same(accumulate(inv, 1 << 16), accumulate_distributed(inv, client, 1 << 16))
+        # safetensors rows are read and differenced without torch; imported later, it runs one thread
+        assert list(client.run(lambda: "torch" in sys.modules).values()) == [False, False]
         assert list(client.run(lambda: __import__("torch").get_num_threads()).values()) == [1, 1]
         blas = client.run(lambda: {p["num_threads"] for p in __import__("threadpoolctl").threadpool_info()})
         assert list(blas.values()) == [{1}, {1}]  # numpy's BLAS (and OpenMP) pools, one thread each
     finally:
+        inv.close()
         cluster = client.cluster
         client.close()
         cluster.close()
@@ -162,8 +188,10 @@ def test_the_entry_point_starts_the_fork_server_only_for_local_workers():
     assert wants_workers(["similarity", "run/", "--workers", "2"]) and wants_workers(["report", "run/", "--workers=2"])
     assert not wants_workers(["similarity", "run/"]) and not wants_workers(["similarity", "--workers", "2", "--help"])
     assert not wants_workers(["similarity", "run/", "--scheduler", "tcp://h:8786"])  # remote workers: none here
-    # what the workers import once, in the server; its quick exit last (its handler then runs first)
-    assert {"torch", "distributed", "trajcli.engine.distributed"} <= set(forkserver.PRELOAD)
+    # what the workers import once, in the server (not torch: safetensors rows need none); its quick
+    # exit last (its handler then runs first)
+    assert {"distributed", "trajcli.engine.distributed"} <= set(forkserver.PRELOAD)
+    assert "torch" not in forkserver.PRELOAD
     assert forkserver.PRELOAD[-1] == "trajcli.engine.forkserver_exit"
 
 

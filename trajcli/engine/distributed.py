@@ -56,10 +56,10 @@ def _chunks_task(checkpoints: tuple[Checkpoint, ...], chunks: tuple[_Chunk, ...]
             _BUFFER[:] = [np.empty(n * chunk.n_elems)]
         x = _BUFFER[0][: n * chunk.n_elems].reshape(n, chunk.n_elems)
         _read_chunk(readers, chunk, x)
-        _difference_in_place(x)
+        _difference_in_place(x, use_torch=False)
         parts = products(x, chunk)
         if not products.finite(parts):
-            parts = _products_without_nonfinite(readers, chunk, x, products, scratch)
+            parts = _products_without_nonfinite(readers, chunk, x, products, scratch, use_torch=False)
         add_parts(sums, parts)
     return sums, scratch.nonfinite
 
@@ -105,9 +105,9 @@ _METHOD_KEY = "distributed.worker.multiprocessing-method"
 def _local_client(n_workers: int):
     """A client of a local cluster of `n_workers` processes on this machine. Where the platform has a
     fork server (Linux, macOS) and DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD does not choose
-    otherwise, the workers are forked from trajcli's (trajcli.engine.forkserver: torch, Dask's worker
-    and trajcli's task code imported once, in a process the entry point started as the command
-    began), so each is ready in a fraction of a second and this process never imports torch; else
+    otherwise, the workers are forked from trajcli's (trajcli.engine.forkserver: Dask's worker and
+    trajcli's task code imported once, in a process the entry point started as the command began), so
+    each is ready in a fraction of a second, and no process imports torch for safetensors; else
     Dask's default (spawned workers). A worker Dask restarts later is spawned. One torch and one BLAS
     thread per worker, as Dask's spawned workers have (OMP_NUM_THREADS=1), keeps 2 workers on 2 cores
     from fighting over them."""
@@ -135,10 +135,14 @@ _LIMITS: list = []  # per worker process: the BLAS limit in force
 
 
 def _one_thread_per_worker() -> None:
-    import threadpoolctl
-    import torch
+    import sys
 
-    torch.set_num_threads(1)
+    import threadpoolctl
+
+    # torch is imported by a worker only for what needs it (torch files, rare dtypes): with one thread
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     _LIMITS[:] = [threadpoolctl.threadpool_limits(1)]  # numpy's BLAS (OpenBLAS, MKL, ...)
 
 
