@@ -1,7 +1,7 @@
 """The `trajcli` entry point, kept light: it looks at the command line before anything heavy is
 imported, so that a command that will draw figures forks its drawing process at once (matplotlib
 then loads in it while this process imports Typer and trajcli, parses and reads), and one that asks
-for local Dask workers starts their fork server at once (it imports torch meanwhile)."""
+for local Dask workers starts their fork server at once (it imports Dask's worker meanwhile)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def main() -> None:
     elif wants_workers(sys.argv[1:]):
         from trajcli.engine import forkserver
 
-        forkserver.start()  # the workers' fork server imports torch while this process imports the rest
+        forkserver.start()  # the workers' fork server imports Dask's worker while this process imports the rest
     try:
         from trajcli.cli import app
 
