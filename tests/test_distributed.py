@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import random_trajectory, run, save_safetensors_dir
+from helpers import random_trajectory, run, save_nanogpt, save_safetensors_dir
 from test_qkv import write_trajectory
 from trajcli.engine.gram import accumulate
 from trajcli.errors import DataError, UsageError
@@ -95,7 +95,6 @@ def test_a_killed_worker_does_not_change_the_result(tmp_path, cluster):
 def test_torch_files_and_half_precision_on_the_cluster(tmp_path, cluster):
     """nanoGPT files (the workers import torch for them) and bfloat16/float16 safetensors (read
     without it): the same Grams as one process."""
-    from helpers import save_nanogpt
     from trajcli.engine.distributed import accumulate_distributed
 
     sds = random_trajectory(3, seed=12)

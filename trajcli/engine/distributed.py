@@ -108,9 +108,9 @@ def _local_client(n_workers: int):
     otherwise, the workers are forked from trajcli's (trajcli.engine.forkserver: Dask's worker and
     trajcli's task code imported once, in a process the entry point started as the command began), so
     each is ready in a fraction of a second, and no process imports torch for safetensors; else
-    Dask's default (spawned workers). A worker Dask restarts later is spawned. One torch and one BLAS
-    thread per worker, as Dask's spawned workers have (OMP_NUM_THREADS=1), keeps 2 workers on 2 cores
-    from fighting over them."""
+    Dask's default (spawned workers). A worker Dask restarts later is spawned. One BLAS thread per
+    worker (and one torch thread, if it needs torch), as Dask's spawned workers have
+    (OMP_NUM_THREADS=1), keeps 2 workers on 2 cores from fighting over them."""
     import dask
     from dask.distributed import Client, LocalCluster
 
