@@ -10,6 +10,7 @@ run with the file's name, as in a single process.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -135,8 +136,6 @@ _LIMITS: list = []  # per worker process: the BLAS limit in force
 
 
 def _one_thread_per_worker() -> None:
-    import sys
-
     import threadpoolctl
 
     # torch is imported by a worker only for what needs it (torch files, rare dtypes): with one thread
