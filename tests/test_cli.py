@@ -53,6 +53,37 @@ def test_json_contract(run_dir):
     assert doc["labels"] == [f"step{s}" for s in steps]
 
 
+def _refuse(name: str):
+    raise AssertionError(f"non-strict JSON constant {name}")
+
+
+def test_json_documents_are_strict_exact_and_indented():
+    """What every JSON file and --json goes through: NaN/±Inf as null, numpy numbers and arrays (also
+    strided ones) as numbers, every float64 back bit for bit, an indented document."""
+    from trajcli.metrics.trajectory import matrix_to_json
+    from trajcli.report.writers import dumps_json
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.standard_normal(300) * 10.0 ** rng.integers(-300, 300, 300),
+                             [5e-324, -0.0, 1 / 3, 2.0 ** 60, np.finfo(float).max, np.finfo(float).tiny]])
+    matrix = rng.standard_normal((5, 5))
+    matrix[1, 2], matrix[3, 0], matrix[4, 4] = np.nan, np.inf, -np.inf
+    doc = {"values": values, "every_other": values[::2], "transposed": matrix.T,
+           "scalars": [np.float64(np.nan), float("inf"), np.int64(7), np.bool_(True), np.float64(0.1), None],
+           "matrix": matrix_to_json(matrix), 3: ("tuple", 1)}
+    text = dumps_json(doc)
+    back = json.loads(text, parse_constant=_refuse)
+    assert text.endswith("}\n") and text.count("\n") > len(values)  # indented, one number per line
+    assert np.array_equal(np.array(back["values"]).view(np.int64), values.view(np.int64))
+    assert np.array_equal(np.array(back["every_other"]).view(np.int64), values[::2].view(np.int64))
+    expected = [[v if np.isfinite(v) else None for v in row] for row in matrix.tolist()]
+    assert back["matrix"] == expected and doc["matrix"] == expected
+    assert all(type(v) in (float, type(None)) for row in doc["matrix"] for v in row)
+    assert back["transposed"] == [[v if np.isfinite(v) else None for v in row] for row in matrix.T.tolist()]
+    assert back["scalars"] == [None, None, 7, True, 0.1, None]
+    assert back["3"] == ["tuple", 1]
+
+
 def test_selection_flags(run_dir):
     folder, _, _ = run_dir
     assert [c["step"] for c in run_json(["similarity", folder, "--every", "2"])["checkpoints"]] == [0, 2, 512]

@@ -183,7 +183,11 @@ def lengths_and_bends(basis: np.ndarray, reference_idx: int = 0, bad_ckpts: set[
 
 
 def matrix_to_json(cos: np.ndarray) -> list[list[float | None]]:
-    return [[None if not np.isfinite(v) else float(v) for v in row] for row in cos]
+    """Rows of Python floats, None where undefined (converted by numpy: a large run has hundreds of
+    N × N maps)."""
+    out = cos.astype(object)
+    out[~np.isfinite(cos)] = None
+    return out.tolist()
 
 
 def identical_pairs(basis: np.ndarray, bad_ckpts: set[int] = frozenset()) -> list[tuple[int, int]]:
