@@ -130,3 +130,35 @@ def test_cuda_without_a_device_is_a_usage_error(tmp_path):
     result = run(["similarity", tmp_path, "--device", "cuda"])
     assert result.exit_code == 2 and "no CUDA device" in result.stderr
     assert run(["similarity", tmp_path, "--device", "auto", "--json"]).exit_code == 0
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA device: run on a GPU machine")
+def test_cuda_products_equal_the_cpu_ones(tmp_path):
+    """On a GPU: the float64 products on the device give the CPU's Grams (1e-12) and maps (1e-9)."""
+    write_trajectory("gpt2", tmp_path / "run")
+    from trajcli.arch.families import family_by_name
+    from trajcli.arch.grouping import plan_qkv
+    from trajcli.arch.layouts import HeadCounts
+
+    inv = take_inventory(discover_checkpoints([str(tmp_path / "run")]), Selection())
+    try:
+        plan, _ = plan_qkv(inv.tensors, family_by_name("gpt2"), HeadCounts(4, 4, 4, "test"), per_head=True, include_bias=True)
+        on_cpu = gram.accumulate(inv, 1 << 20, segments=plan.segments, device="cpu")
+        on_cuda = gram.accumulate(inv, 1 << 20, segments=plan.segments, device="cuda")
+    finally:
+        inv.close()
+    assert on_cpu.basis.keys() == on_cuda.basis.keys()
+    for leaf in on_cpu.basis:
+        np.testing.assert_allclose(on_cuda.basis[leaf], on_cpu.basis[leaf], rtol=1e-12, atol=1e-12)
+    for mode in ("raw", "displacement", "update"):
+        cpu = run_json(["similarity", tmp_path / "run", "--mode", mode, "--device", "cpu"])
+        cuda = run_json(["similarity", tmp_path / "run", "--mode", mode, "--device", "cuda"])
+        a, b = (np.array(d["matrix"], dtype=float) for d in (cpu, cuda))
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-9)
+        assert abs(cuda["mds"] - cpu["mds"]) <= 1e-9
