@@ -101,8 +101,10 @@ def test_changed_checkpoints_or_selection_are_read_again(tmp_path, count_reads):
     assert count_reads
 
 
-def test_torch_products_equal_numpy_products(tmp_path, monkeypatch):
-    write_trajectory("gpt2", tmp_path / "run")  # Conv1D columns exercise the copying slice path
+def _qkv_grams(tmp_path, devices: tuple[str, ...]) -> list:
+    """A GPT-2 trajectory's Grams cut into Q/K/V heads (its Conv1D columns exercise the copying slice
+    path), accumulated once per device."""
+    write_trajectory("gpt2", tmp_path / "run")
     from trajcli.arch.families import family_by_name
     from trajcli.arch.grouping import plan_qkv
     from trajcli.arch.layouts import HeadCounts
@@ -110,14 +112,22 @@ def test_torch_products_equal_numpy_products(tmp_path, monkeypatch):
     inv = take_inventory(discover_checkpoints([str(tmp_path / "run")]), Selection())
     try:
         plan, _ = plan_qkv(inv.tensors, family_by_name("gpt2"), HeadCounts(4, 4, 4, "test"), per_head=True, include_bias=True)
-        by_numpy = gram.accumulate(inv, 1 << 20, segments=plan.segments)
-        monkeypatch.setattr(gram, "_products_for", lambda device: gram._TorchProducts("cpu"))
-        by_torch = gram.accumulate(inv, 1 << 20, segments=plan.segments, device="cuda")
+        return [gram.accumulate(inv, 1 << 20, segments=plan.segments, device=d) for d in devices]
     finally:
         inv.close()
-    assert by_numpy.basis.keys() == by_torch.basis.keys()
-    for leaf in by_numpy.basis:
-        np.testing.assert_allclose(by_torch.basis[leaf], by_numpy.basis[leaf], rtol=1e-12, atol=1e-12)
+
+
+def _assert_same_grams(got, expected) -> None:
+    assert got.basis.keys() == expected.basis.keys()
+    for leaf in expected.basis:
+        np.testing.assert_allclose(got.basis[leaf], expected.basis[leaf], rtol=1e-12, atol=1e-12)
+
+
+def test_torch_products_equal_numpy_products(tmp_path, monkeypatch):
+    monkeypatch.setattr(gram, "_products_for",
+                        lambda device: gram._TorchProducts("cpu") if device == "cuda" else gram._NumpyProducts())
+    by_numpy, by_torch = _qkv_grams(tmp_path, ("cpu", "cuda"))
+    _assert_same_grams(by_torch, by_numpy)
 
 
 def test_cuda_without_a_device_is_a_usage_error(tmp_path):
@@ -141,21 +151,8 @@ def _has_cuda() -> bool:
 @pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA device: run on a GPU machine")
 def test_cuda_products_equal_the_cpu_ones(tmp_path):
     """On a GPU: the float64 products on the device give the CPU's Grams (1e-12) and maps (1e-9)."""
-    write_trajectory("gpt2", tmp_path / "run")
-    from trajcli.arch.families import family_by_name
-    from trajcli.arch.grouping import plan_qkv
-    from trajcli.arch.layouts import HeadCounts
-
-    inv = take_inventory(discover_checkpoints([str(tmp_path / "run")]), Selection())
-    try:
-        plan, _ = plan_qkv(inv.tensors, family_by_name("gpt2"), HeadCounts(4, 4, 4, "test"), per_head=True, include_bias=True)
-        on_cpu = gram.accumulate(inv, 1 << 20, segments=plan.segments, device="cpu")
-        on_cuda = gram.accumulate(inv, 1 << 20, segments=plan.segments, device="cuda")
-    finally:
-        inv.close()
-    assert on_cpu.basis.keys() == on_cuda.basis.keys()
-    for leaf in on_cpu.basis:
-        np.testing.assert_allclose(on_cuda.basis[leaf], on_cpu.basis[leaf], rtol=1e-12, atol=1e-12)
+    on_cpu, on_cuda = _qkv_grams(tmp_path, ("cpu", "cuda"))
+    _assert_same_grams(on_cuda, on_cpu)
     for mode in ("raw", "displacement", "update"):
         cpu = run_json(["similarity", tmp_path / "run", "--mode", mode, "--device", "cpu"])
         cuda = run_json(["similarity", tmp_path / "run", "--mode", mode, "--device", "cuda"])
