@@ -31,7 +31,7 @@ def group_dynamics(basis: np.ndarray, steps: list[int], bad: set[int] = frozense
     dist[disp.zero] = 0.0
     dist[disp.bad] = np.nan
     n = len(steps)
-    angle = np.array([tm.degrees(cos[k, k + 1]) for k in range(n - 1)], dtype=float)
+    angle = np.asarray(tm.degrees(np.diagonal(cos, 1)), dtype=float)  # cos[k, k + 1], k < n − 1
     dsteps = np.array([steps[k + 1] - steps[k] for k in range(n - 1)], dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         per_step = np.where(dsteps > 0, angle / dsteps, np.nan)

@@ -24,18 +24,11 @@ def raw_coefficients(n: int) -> np.ndarray:
 
 
 def displacement_coefficients(n: int, reference_idx: int, keep_reference: bool = False) -> np.ndarray:
-    """θ_k − θ_r = Σ_{r<j≤k} b_j (k > r), −Σ_{k<j≤r} b_j (k < r); row r is zero when kept."""
-    rows = []
-    for k in range(n):
-        if k == reference_idx and not keep_reference:
-            continue
-        row = np.zeros(n)
-        if k > reference_idx:
-            row[reference_idx + 1: k + 1] = 1.0
-        elif k < reference_idx:
-            row[k + 1: reference_idx + 1] = -1.0
-        rows.append(row)
-    return np.array(rows).reshape(len(rows), n)
+    """θ_k − θ_r = Σ_{r<j≤k} b_j (k > r), −Σ_{k<j≤r} b_j (k < r); row r is zero when kept. That is
+    row k of the raw coefficients less row r (entries exactly 0, 1, −1)."""
+    raw = raw_coefficients(n)
+    coef = raw - raw[reference_idx]
+    return coef if keep_reference else np.delete(coef, reference_idx, axis=0)
 
 
 def update_coefficients(n: int) -> np.ndarray:
