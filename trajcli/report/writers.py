@@ -15,7 +15,7 @@ import orjson
 from trajcli.errors import DataError
 from trajcli.report import drawing
 
-# Indented like before, at native speed: the documents of a large run hold hundreds of N × N maps
+# Indented (two spaces) at native speed: the documents of a large run hold hundreds of N × N maps
 # (N = 154 for a Pythia model), which the standard library's indenting encoder, pure Python, takes
 # seconds per million numbers to write. NaN and ±Inf become null (strict JSON); numpy numbers and
 # arrays are written as numbers.
