@@ -145,8 +145,13 @@ def run(args: list[str], input: str | None = None):
 def run_json(args: list[str], input: str | None = None) -> dict:
     result = run([*args, "--json"], input=input)
     assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout, parse_constant=_refuse_constant)
+    return loads_strict(result.stdout)
+
+
+def loads_strict(text: str):
+    """json.loads that fails on NaN/Infinity, which strict JSON does not have."""
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def _refuse_constant(name: str):
-    raise AssertionError(f"non-strict JSON constant {name} on stdout")
+    raise AssertionError(f"non-strict JSON constant {name}")

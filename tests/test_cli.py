@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import as_array, explicit_matrix, random_trajectory, run, run_json, save_safetensors_dir
+from helpers import as_array, explicit_matrix, loads_strict, random_trajectory, run, run_json, save_safetensors_dir
 
 
 @pytest.fixture
@@ -53,10 +53,6 @@ def test_json_contract(run_dir):
     assert doc["labels"] == [f"step{s}" for s in steps]
 
 
-def _refuse(name: str):
-    raise AssertionError(f"non-strict JSON constant {name}")
-
-
 def test_json_documents_are_strict_exact_and_indented():
     """What every JSON file and --json goes through: NaN/±Inf as null, numpy numbers and arrays (also
     strided ones) as numbers, every float64 back bit for bit, an indented document."""
@@ -72,7 +68,7 @@ def test_json_documents_are_strict_exact_and_indented():
            "scalars": [np.float64(np.nan), float("inf"), np.int64(7), np.bool_(True), np.float64(0.1), None],
            "matrix": matrix_to_json(matrix), 3: ("tuple", 1)}
     text = dumps_json(doc)
-    back = json.loads(text, parse_constant=_refuse)
+    back = loads_strict(text)
     assert text.endswith("}\n") and text.count("\n") > len(values)  # indented, one number per line
     assert np.array_equal(np.array(back["values"]).view(np.int64), values.view(np.int64))
     assert np.array_equal(np.array(back["every_other"]).view(np.int64), values[::2].view(np.int64))
