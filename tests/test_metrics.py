@@ -111,3 +111,51 @@ def test_frozen_group_is_undefined_not_zero_or_one(tmp_path):
     doc = run_json(["similarity", tmp_path, "--include", "frozen", "--mode", "displacement"])
     assert all(v is None for row in doc["matrix"] for v in row)
     assert doc["mds"] is None
+
+
+def _coefficients(n: int, origin: int) -> np.ndarray:
+    """Rows of d_k = θ_k − θ_origin over the basis, written out: θ_k = b_0 + … + b_k (origin −1: θ_k)."""
+    raw = np.tril(np.ones((n, n)))
+    return raw if origin < 0 else raw - raw[origin]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 12])
+def test_interval_gram_is_the_coefficient_product_it_replaces(n):
+    rng = np.random.default_rng(n)
+    for origin in range(-1, n):
+        m = _coefficients(n, origin)
+        # Integer vectors: every sum is exact, so the running sums must equal M G Mᵀ bit for bit.
+        whole = rng.integers(-50, 50, size=(n, 9)).astype(float)
+        basis = whole @ whole.T
+        gram, bound = tm.interval_gram(basis, origin)
+        np.testing.assert_array_equal(gram, m @ basis @ m.T)
+        np.testing.assert_array_equal(bound, np.diagonal(np.abs(m) @ np.abs(basis) @ np.abs(m).T))
+        # Real vectors, a long path far from its origin: the same terms in another order, so the
+        # difference stays within the summation error of the absolute terms (bound).
+        x = np.cumsum(rng.normal(size=(n, 40)) * 1e-3, axis=0) + rng.normal(size=40)
+        b = np.concatenate([x[:1], np.diff(x, axis=0)])
+        basis = b @ b.T
+        gram, bound = tm.interval_gram(basis, origin)
+        terms = np.abs(m) @ np.abs(basis) @ np.abs(m).T  # what each entry is summed from
+        assert np.all(np.abs(gram - m @ basis @ m.T) <= 4 * n * np.finfo(float).eps * terms)
+        np.testing.assert_allclose(bound, np.diagonal(terms), rtol=1e-13)
+
+def test_mode_vectors_match_the_explicit_vectors_of_each_mode():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 25))
+    x[4] = x[2]  # a return: θ_4 − θ_2 is a true zero in displacement from 2
+    b = np.concatenate([x[:1], np.diff(x, axis=0)])
+    basis = b @ b.T
+    cases = {("raw", 0, True): x, ("update", 0, True): np.diff(x, axis=0),
+             ("displacement", 2, True): x - x[2], ("displacement", 2, False): np.delete(x - x[2], 2, 0)}
+    for (mode, ref, keep), vectors in cases.items():
+        got = tm.mode_vectors(basis, mode, ref, keep_reference=keep)
+        np.testing.assert_allclose(got.gram, vectors @ vectors.T, rtol=0, atol=1e-12)
+        assert got.zero.tolist() == [bool(np.allclose(v, 0)) for v in vectors]
+    assert tm.mode_vectors(basis, "displacement", 2).zero.tolist() == [False, False, False, True, False]
+    # A checkpoint with NaN/Inf values (1) spoils every vector built from it.
+    flags = {m: tm.mode_vectors(basis, m, 2, {1}).bad.tolist() for m in tm.MODES}
+    assert flags == {"raw": [False, True, False, False, False, False],
+                     "displacement": [False, True, False, False, False],
+                     "update": [True, True, False, False, False]}
+    assert tm.mode_vectors(basis, "displacement", 1, {1}).bad.all()
