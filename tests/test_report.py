@@ -413,3 +413,29 @@ def test_ctrl_c_while_figures_are_drawn_stops_the_drawing_at_once(tmp_path):
     assert multiprocessing.active_children() == []
     time.sleep(3.5)  # the drawing process and its helper would have written by now
     assert list(tmp_path.iterdir()) == []
+
+
+def test_map_grid_tiles_of_a_long_run_are_evenly_picked_entries(tmp_path, monkeypatch):
+    """Beyond `max_side` checkpoints a tile shows evenly spread rows and columns of its map (first and
+    last kept) — the real entries, not a blend — and the title says so."""
+    from trajcli.report import plots
+
+    n, side = 300, 120
+    rng = np.random.default_rng(0)
+    maps = [(f"group{k}", rng.uniform(-1, 1, size=(n, n))) for k in range(3)]
+    shown = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path, fmt: shown.update(fig=fig))
+    plots.map_grid(tmp_path / "grid.png", maps, "maps", max_side=side)
+    ax = shown["fig"].axes[0]
+    mosaic = np.ma.filled(ax.images[0].get_array(), np.nan)
+    picks = [round(i * (n - 1) / (side - 1)) for i in range(side)]
+    assert picks[0] == 0 and picks[-1] == n - 1 and len(set(picks)) == side
+    for _, matrix in maps:
+        tile = matrix[np.ix_(picks, picks)]
+        # each tile appears once in the mosaic, entry for entry
+        hits = [(r, c) for r, c in np.argwhere(mosaic == tile[0, 0])
+                if np.array_equal(mosaic[r:r + side, c:c + side], tile)]
+        assert len(hits) == 1
+    assert mosaic.shape[1] < 3 * (side + side // 4) + 1
+    assert ax.get_title().endswith(f"({side} of {n} rows and columns)")
+    plots._pyplot().close(shown["fig"])

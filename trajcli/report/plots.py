@@ -69,10 +69,11 @@ def _log_scale(ax, which: str, scale: str = "log", **kwargs) -> None:
         axis.set_minor_formatter(formatter(10, labelOnlyBase=False))
 
 
-def _tick_positions(n: int, max_ticks: int = 20) -> list[int]:
-    if n <= max_ticks:
+def _even_picks(n: int, most: int) -> list[int]:
+    """At most `most` indices of range(n), evenly spread, first and last kept."""
+    if n <= most:
         return list(range(n))
-    return sorted({round(i * (n - 1) / (max_ticks - 1)) for i in range(max_ticks)})
+    return sorted({round(i * (n - 1) / (most - 1)) for i in range(most)})
 
 
 def trajectory_map(path: Path, matrix: np.ndarray, tick_labels: list[str], title: str, fmt: str = "png") -> None:
@@ -84,7 +85,7 @@ def trajectory_map(path: Path, matrix: np.ndarray, tick_labels: list[str], title
     fig, ax = plt.subplots(figsize=(size + 1.2, size), dpi=DPI)
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#bbbbbb")
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
-    ticks = _tick_positions(n)
+    ticks = _even_picks(n, 20)
     ax.set_xticks(ticks, [tick_labels[i] for i in ticks], rotation=60, ha="right", fontsize=8)
     ax.set_yticks(ticks, [tick_labels[i] for i in ticks], fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -107,15 +108,21 @@ def _save(fig, path: Path, fmt: str) -> None:
     _pyplot().close(fig)
 
 
-def map_grid(path: Path, maps: list[tuple[str, np.ndarray]], title: str, fmt: str = "png", max_maps: int = 64) -> None:
+def map_grid(path: Path, maps: list[tuple[str, np.ndarray]], title: str, fmt: str = "png", max_maps: int = 64,
+             max_side: int = 120) -> None:
     """Small trajectory maps side by side on one colour scale, drawn as one mosaic image (fast for
-    hundreds of groups); evenly sampled beyond `max_maps`."""
+    hundreds of groups); evenly sampled beyond `max_maps` groups, and each map beyond `max_side`
+    checkpoints (a tile is about 140 pixels wide: the image would be resampled to that anyway)."""
     plt = _pyplot()
     if len(maps) > max_maps:
-        picks = sorted({round(i * (len(maps) - 1) / (max_maps - 1)) for i in range(max_maps)})
+        picks = _even_picks(len(maps), max_maps)
         title += f" ({len(picks)} of {len(maps)} groups)"
         maps = [maps[i] for i in picks]
     n = max(m.shape[0] for _, m in maps)
+    if n > max_side:
+        maps = [(name, m[np.ix_(_even_picks(len(m), max_side), _even_picks(len(m), max_side))]) for name, m in maps]
+        title += f" ({max_side} of {n} rows and columns)"
+        n = max(m.shape[0] for _, m in maps)
     cols = min(8, len(maps))
     rows = -(-len(maps) // cols)
     gap = max(1, n // 4)
