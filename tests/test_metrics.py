@@ -159,3 +159,25 @@ def test_mode_vectors_match_the_explicit_vectors_of_each_mode():
                      "displacement": [False, True, False, False, False],
                      "update": [True, True, False, False, False]}
     assert tm.mode_vectors(basis, "displacement", 1, {1}).bad.all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 13])
+def test_pair_distances_sum_each_pair_from_its_own_steps(n):
+    rng = np.random.default_rng(n)
+    whole = rng.integers(-40, 40, size=(n, 7)).astype(float)  # exact sums: equal bit for bit
+    b = np.concatenate([whole[:1], np.diff(whole, axis=0)])
+    dist2, bound = tm.pair_distances(b @ b.T)
+    for i in range(n):
+        for j in range(n):
+            d = whole[j] - whole[i]
+            expected = d @ d if i < j else 0.0
+            steps = np.abs(b[i + 1: j + 1] @ b[i + 1: j + 1].T).sum() if i < j else 0.0
+            assert dist2[i, j] == expected and bound[i, j] == steps
+    # far from the origin, tiny steps: the distances keep their own precision
+    x = rng.normal(size=30) * 1e3 + np.cumsum(rng.normal(size=(n, 30)) * 1e-6, axis=0)
+    b = np.concatenate([x[:1], np.diff(x, axis=0)])
+    dist2, _ = tm.pair_distances(b @ b.T)
+    for i in range(n):
+        for j in range(i + 1, n):
+            steps = b[i + 1: j + 1].sum(0)  # θ_j − θ_i from the same rounded steps
+            assert dist2[i, j] == pytest.approx(steps @ steps, rel=1e-12)

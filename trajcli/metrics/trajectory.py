@@ -202,20 +202,25 @@ def matrix_to_json(cos: np.ndarray) -> list[list[float | None]]:
     return out.tolist()
 
 
-def identical_pairs(basis: np.ndarray, bad_ckpts: set[int] = frozenset()) -> list[tuple[int, int]]:
-    """Checkpoint pairs (i < j) whose difference θ_j − θ_i is zero.
+def pair_distances(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """D[i, j] = ‖θ_j − θ_i‖² for every pair i < j (zero on and below the diagonal), and the sum of the
+    absolute terms in each, which bounds its rounding.
 
-    ‖θ_j − θ_i‖² = Σ_{i<a,b≤j} G_B[a, b] is summed from the local block only, so rounding stays
-    relative to the steps between i and j, never to the whole path (O(N³), no N⁴ mode sweep).
-    """
-    n = basis.shape[0]
-    pairs = []
-    for i in range(n - 1):
-        block = basis[i + 1:, i + 1:]
-        dist2 = np.diagonal(block.cumsum(0).cumsum(1))
-        bound = np.diagonal(np.abs(block).cumsum(0).cumsum(1))
-        for offset in np.flatnonzero(dist2 <= ZERO_TOLERANCE * bound):
-            j = i + 1 + int(offset)
-            if i not in bad_ckpts and j not in bad_ckpts:
-                pairs.append((i, j))
-    return pairs
+    D[i, j] = Σ_{i<a,b≤j} G_B[a, b] grows one step at a time, D[i, j] = D[i, j−1] + G_B[j, j] +
+    2 Σ_{i<a<j} G_B[a, j], and the inner sums of every i come from one running sum up each column of
+    G_B's strict upper triangle: all pairs in O(N²), each summed from the steps between i and j only
+    (no difference of longer sums, so rounding stays relative to those steps)."""
+
+    def grow(g: np.ndarray) -> np.ndarray:
+        inner = np.zeros_like(g)
+        inner[:-1] = np.triu(g, 1)[::-1].cumsum(0)[::-1][1:]  # inner[i, j] = Σ_{i<a<j} g[a, j]
+        return np.triu(2.0 * inner + np.diagonal(g), 1).cumsum(1)
+
+    return grow(basis), grow(np.abs(basis))
+
+
+def identical_pairs(basis: np.ndarray, bad_ckpts: set[int] = frozenset()) -> list[tuple[int, int]]:
+    """Checkpoint pairs (i < j) whose difference θ_j − θ_i is zero (see pair_distances)."""
+    dist2, bound = pair_distances(basis)
+    first, second = np.nonzero(np.triu(dist2 <= ZERO_TOLERANCE * bound, 1))
+    return [(i, j) for i, j in zip(first.tolist(), second.tolist()) if i not in bad_ckpts and j not in bad_ckpts]
