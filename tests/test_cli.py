@@ -36,8 +36,10 @@ def test_similarity_summary_on_stdout_and_files_with_out(run_dir, tmp_path):
     np.testing.assert_allclose(np.load(out / "similarity.npy"), expected, atol=1e-9)
     rows = (out / "similarity.csv").read_text().splitlines()
     assert rows[0] == "label,step1,step2,step4,step512,step1000"
-    assert rows[1].split(",")[0] == "step1"
-    assert float(rows[2].split(",")[1]) == pytest.approx(expected[1, 0], abs=1e-12)
+    assert [r.split(",")[0] for r in rows[1:]] == doc["labels"]
+    # every number reads back to the very float64 of the .npy
+    saved = np.load(out / "similarity.npy")
+    assert np.array_equal(np.array([[float(v) for v in r.split(",")[1:]] for r in rows[1:]]), saved)
     assert (out / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -56,7 +58,7 @@ def test_json_contract(run_dir):
 def test_json_documents_are_strict_exact_and_indented():
     """What every JSON file and --json goes through: NaN/±Inf as null, numpy numbers and arrays (also
     strided ones) as numbers, every float64 back bit for bit, an indented document."""
-    from trajcli.metrics.trajectory import matrix_to_json
+    from trajcli.metrics.trajectory import json_matrix
     from trajcli.report.writers import dumps_json
 
     rng = np.random.default_rng(3)
@@ -66,15 +68,16 @@ def test_json_documents_are_strict_exact_and_indented():
     matrix[1, 2], matrix[3, 0], matrix[4, 4] = np.nan, np.inf, -np.inf
     doc = {"values": values, "every_other": values[::2], "transposed": matrix.T,
            "scalars": [np.float64(np.nan), float("inf"), np.int64(7), np.bool_(True), np.float64(0.1), None],
-           "matrix": matrix_to_json(matrix), 3: ("tuple", 1)}
+           "matrix": json_matrix(matrix), 3: ("tuple", 1)}
     text = dumps_json(doc)
     back = loads_strict(text)
     assert text.endswith("}\n") and text.count("\n") > len(values)  # indented, one number per line
     assert np.array_equal(np.array(back["values"]).view(np.int64), values.view(np.int64))
     assert np.array_equal(np.array(back["every_other"]).view(np.int64), values[::2].view(np.int64))
     expected = [[v if np.isfinite(v) else None for v in row] for row in matrix.tolist()]
-    assert back["matrix"] == expected and doc["matrix"] == expected
-    assert all(type(v) in (float, type(None)) for row in doc["matrix"] for v in row)
+    assert back["matrix"] == expected
+    # a map held as an array with NaN is written exactly as the same rows of floats and None would be
+    assert dumps_json({"m": json_matrix(matrix)}) == dumps_json({"m": expected})
     assert back["transposed"] == [[v if np.isfinite(v) else None for v in row] for row in matrix.T.tolist()]
     assert back["scalars"] == [None, None, 7, True, 0.1, None]
     assert back["3"] == ["tuple", 1]
@@ -138,3 +141,20 @@ def test_every_command_has_examples_in_help():
     for command in commands:
         result = run([command, "--help"])
         assert result.exit_code == 0 and "Example" in result.stdout and f"trajcli {command}" in result.stdout, command
+
+
+def test_matrix_csv_quotes_labels_and_leaves_undefined_entries_blank():
+    import csv
+    import io
+
+    from trajcli.report.writers import matrix_csv
+
+    matrix = np.array([[1.0, np.nan, -0.0], [np.inf, 1 / 3, 1e-5], [5e-324, -1.0, 2.0 ** -30]])
+    labels = ["step0", 'run "a", seed 1', "ckpt\nnewline"]
+    table = list(csv.reader(io.StringIO(matrix_csv(labels, matrix))))
+    assert table[0] == ["label", *labels] and [r[0] for r in table[1:]] == labels
+    cells = [r[1:] for r in table[1:]]
+    assert cells[0][1] == "" and cells[1][0] == ""
+    back = np.array([[float(v) if v else np.nan for v in r] for r in cells])
+    finite = np.isfinite(matrix)
+    assert np.array_equal(back[finite].view(np.int64), matrix[finite].view(np.int64))

@@ -119,7 +119,7 @@ def similarity_result(inv: Inventory, grams: GramSet, mode: str, reference: str 
         "mode": mode,
         "reference": labels[ref_idx] if mode == "displacement" else None,
         "labels": mode_labels(labels, mode, ref_idx),
-        "matrix": tm.matrix_to_json(cos),
+        "matrix": tm.json_matrix(cos),
         "mds": result["mds"],
         "mds_early": result["mds_early"],
         "mds_late": result["mds_late"],
@@ -210,7 +210,7 @@ def group_document(grams: GramSet, group, mode: str, ref_idx: int, full: bool = 
         doc.update(mds_windows(cos))
         doc.update(_scalars(tm.lengths_and_bends(basis, ref_idx, bad)))
         doc["undefined"] = bool(np.isnan(cos).any())
-    doc["matrix"] = tm.matrix_to_json(cos)
+    doc["matrix"] = tm.json_matrix(cos)
     return doc, cos
 
 

@@ -194,12 +194,11 @@ def lengths_and_bends(basis: np.ndarray, reference_idx: int = 0, bad_ckpts: set[
     }
 
 
-def matrix_to_json(cos: np.ndarray) -> list[list[float | None]]:
-    """Rows of Python floats, None where undefined (converted by numpy: a large run has hundreds of
-    N × N maps)."""
-    out = cos.astype(object)
-    out[~np.isfinite(cos)] = None
-    return out.tolist()
+def json_matrix(cos: np.ndarray) -> np.ndarray:
+    """A map as its documents hold it: float64, C-contiguous, NaN where undefined. The JSON writer
+    (orjson) writes it as rows of numbers and NaN as null, at native speed and without a Python
+    object per entry (a long run's documents hold hundreds of N × N maps)."""
+    return np.ascontiguousarray(cos, dtype=np.float64)
 
 
 def pair_distances(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -122,7 +122,7 @@ def similarity_title(doc: dict) -> str:
 def add_similarity(files: OutputSet, doc: dict, matrix: np.ndarray, plot_format: str, stem: str = "similarity") -> list[str]:
     """similarity JSON, CSV, NPY and heatmap into `files`; returns the file names."""
     names = [f"{stem}.json", f"{stem}.csv", f"{stem}.npy", f"{stem}.{plot_format}"]
-    files.text(names[0], dumps_json(doc))
+    files.json(names[0], doc)
     files.text(names[1], matrix_csv(doc["labels"], matrix))
     files.npy(names[2], matrix)
     files.draw(names[3], plots.trajectory_map, matrix, tick_labels(doc), similarity_title(doc), plot_format)
@@ -181,7 +181,7 @@ def add_layers(files: OutputSet, doc: dict, matrices: dict[str, np.ndarray], plo
                stem: str = "layers") -> list[str]:
     rows = [[g.get(c) for c in LAYER_COLUMNS] for g in doc["groups"]]
     names = [f"{stem}.json", f"{stem}.csv", f"{stem}_mds.{plot_format}", f"{stem}_maps.{plot_format}"]
-    files.text(names[0], dumps_json(doc))
+    files.json(names[0], doc)
     files.text(names[1], rows_csv(LAYER_COLUMNS, rows))
     files.draw(names[2], plots.layers_mds, doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})", plot_format)
     files.draw(names[3], plots.map_grid, list(matrices.items()), f"trajectory maps per {doc['by']} ({_mode_text(doc)})",
@@ -215,7 +215,7 @@ def add_qkv(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
     rows = [[e["layer"], e["depth"], e["q"]["mds"], e["k"]["mds"], e["v"]["mds"], e["heterogeneity"],
              e["map_distance"], e["q"]["n_params"], e["k"]["n_params"], e["v"]["n_params"]] for e in doc["layers"]]
     names = ["qkv.json", "qkv.csv", f"qkv_mds.{plot_format}", f"qkv_heterogeneity.{plot_format}"]
-    files.text(names[0], dumps_json(doc))
+    files.json(names[0], doc)
     files.text(names[1], rows_csv(QKV_COLUMNS, rows))
     files.draw(names[2], plots.qkv_curves, [("", doc)], plot_format)
     files.draw(names[3], plots.qkv_heterogeneity, doc, plot_format)
@@ -394,7 +394,7 @@ class ReportWriter:
         document = {"schema": REPORT_SCHEMA, "trajcli_version": __version__, "checkpoints": raw_doc["checkpoints"],
                     "architecture": result["layers_role"][0]["architecture"], "headline": head,
                     "warnings": result["warnings"], "files": sorted(written + ["report.json", "report.html"])}
-        files.text("report.json", dumps_json(document))
+        files.json("report.json", document)
         ref = sims["displacement"][0]["reference"]
         caption = {"raw": "raw: θ_k", "displacement": f"displacement: θ_k − θ_{ref}", "update": "update: θ_k+1 − θ_k"}
         sections = [
@@ -499,7 +499,7 @@ def add_dynamics(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
                          interval("angle_deg"), interval("delta_steps"), interval("angle_per_step_deg"),
                          interval("angle_per_sqrt_step_deg"), interval("effective_step")])
     out = ["dynamics.json", "dynamics.csv", f"dynamics.{plot_format}"]
-    files.text(out[0], dumps_json(doc))
+    files.json(out[0], doc)
     files.text(out[1], rows_csv(DYNAMICS_COLUMNS, rows))
     files.draw(out[2], plots.dynamics, doc, plot_format)
     return out
@@ -557,7 +557,7 @@ def add_curvature(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
     """curvature.json, curvature.csv, and the sharpness, Hessian-trace and glass plots."""
     out = ["curvature.json", "curvature.csv", f"sharpness.{plot_format}", f"hessian_trace.{plot_format}",
            f"glass.{plot_format}"]
-    files.text(out[0], dumps_json(doc))
+    files.json(out[0], doc)
     files.text(out[1], rows_csv(*curvature_rows(doc)))
     files.draw(out[2], plots.sharpness, doc, plot_format)
     files.draw(out[3], plots.hessian_trace, doc, plot_format)

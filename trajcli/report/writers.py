@@ -29,18 +29,30 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
+def _json(doc: dict) -> bytes:
+    return orjson.dumps(doc, default=_json_default, option=_JSON_OPTIONS)
+
+
 def dumps_json(doc: dict) -> str:
-    return orjson.dumps(doc, default=_json_default, option=_JSON_OPTIONS).decode() + "\n"
+    return _json(doc).decode() + "\n"
+
+
+def _csv_cell(value: str) -> str:
+    """One field as the csv module writes it (quoted where it must be)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([value])  # the terminator is quoted inside a field
+    return buf.getvalue()[:-1]
 
 
 def matrix_csv(labels: list[str], matrix: np.ndarray) -> str:
-    """A labelled square matrix; undefined entries are blank."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["label", *labels])
-    for label, row in zip(labels, matrix):
-        writer.writerow([label, *("" if not math.isfinite(v) else repr(float(v)) for v in row)])
-    return buf.getvalue()
+    """A labelled square matrix; undefined entries are blank. Each row's numbers are written by orjson
+    (shortest form that reads back to the same float64, at native speed: a run of 500 checkpoints
+    has 250,000 per map)."""
+    lines = [",".join(_csv_cell(v) for v in ["label", *labels])]
+    for label, row in zip(labels, np.asarray(matrix, dtype=np.float64)):
+        numbers = orjson.dumps(np.ascontiguousarray(row), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].decode()
+        lines.append(_csv_cell(label) + "," + numbers.replace("null", ""))
+    return "\n".join(lines) + "\n"
 
 
 def rows_csv(header: list[str], rows: list[list]) -> str:
@@ -100,6 +112,13 @@ class OutputSet:
 
     def text(self, name: str, content: str) -> None:
         self._temp(name).write_text(content, encoding="utf-8")
+
+    def json(self, name: str, doc: dict) -> None:
+        """A JSON document, written as orjson makes it (a layers document of a long run is hundreds of
+        MB: no text copy)."""
+        with open(self._temp(name), "wb") as f:
+            f.write(_json(doc))
+            f.write(b"\n")
 
     def npy(self, name: str, array: np.ndarray) -> None:
         with open(self._temp(name), "wb") as f:
