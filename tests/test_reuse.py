@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import random_trajectory, run, run_json, save_safetensors_dir
 from test_qkv import write_trajectory
@@ -44,6 +45,29 @@ def test_answers_from_saved_grams_and_inspect_do_not_import_torch(tmp_path):
         done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[-1] == "False", args  # ~1.5 s of start-up saved
+
+
+def test_grams_file_is_a_plain_npz_of_every_leaf_basis_gram(tmp_path):
+    """grams.npz opens with np.load alone: basis (leaves × N × N, each leaf's basis Gram, summing to
+    the whole model's) and meta (labels, leaves, where they came from)."""
+    import json
+
+    from helpers import flatten
+
+    sds = random_trajectory(4, seed=8)
+    for k, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
+    assert run(["similarity", tmp_path / "run", "--out", tmp_path / "out", "--quiet"]).exit_code == 0
+    with np.load(tmp_path / "out" / "grams.npz", allow_pickle=False) as data:
+        basis, meta = data["basis"], json.loads(str(data["meta"]))
+    assert basis.shape == (len(meta["leaves"]), 4, 4) and meta["labels"] == [f"step{k}" for k in range(4)]
+    x = np.stack([flatten(sd) for sd in sds])
+    b = np.concatenate([x[:1], np.diff(x, axis=0)])
+    np.testing.assert_allclose(basis.sum(0), b @ b.T, rtol=1e-12)
+    for leaf, saved in zip(meta["leaves"], basis):
+        v = np.stack([sd[leaf].to(torch.float64).reshape(-1).numpy() for sd in sds])
+        steps = np.concatenate([v[:1], np.diff(v, axis=0)])
+        np.testing.assert_allclose(saved, steps @ steps.T, rtol=1e-12, atol=1e-12 * np.abs(steps @ steps.T).max())
 
 
 def test_later_commands_reuse_the_saved_grams(tmp_path, count_reads):
