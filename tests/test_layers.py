@@ -68,6 +68,25 @@ def test_by_role_splits_fused_qkv(neox_run):
                                    as_array(qkv["layers"][0][part]["matrix"]), atol=1e-12)
 
 
+def test_two_checkpoints_give_one_vector_maps_without_a_frozen_warning(tmp_path):
+    """Two checkpoints: one displacement or update vector per group, a 1 × 1 map (cosine 1), no pair
+    and so no MDS — but no vector without a direction, so no warning that one is frozen."""
+    sds = random_trajectory(2, seed=4)
+    for k, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
+    for mode in ("displacement", "update"):
+        result = run(["layers", tmp_path / "run", "--by", "tensor", "--mode", mode, "--json"])
+        assert result.exit_code == 0 and result.stderr == "", result.stderr
+        groups = json.loads(result.stdout)["groups"]
+        assert groups and all(g["matrix"] == [[1.0]] and g["mds"] is None for g in groups)
+    # a frozen tensor is still named
+    for k in range(2):
+        save_safetensors_dir(tmp_path / "frozen" / f"step{k}", {**sds[k], "embed.weight": sds[0]["embed.weight"]})
+    result = run(["layers", tmp_path / "frozen", "--by", "tensor", "--mode", "update", "--json"])
+    assert result.exit_code == 0 and "1 group(s) have vectors with no direction" in result.stderr
+    assert ": embed.weight;" in result.stderr
+
+
 def test_role_without_a_known_architecture_keeps_roles_by_name(tmp_path):
     sds = random_trajectory(3, seed=4)
     for k, sd in enumerate(sds):

@@ -120,7 +120,7 @@ def test_frozen_k_and_v_are_undefined_not_one(tmp_path):
     for entry in doc["layers"]:
         assert entry["k"]["mds"] is None and entry["v"]["mds"] is None and entry["heterogeneity"] is None
         assert entry["q"]["mds"] is not None
-    assert "no defined direction" in result.stderr
+    assert "have vectors with no direction" in result.stderr
     raw = run_json(["qkv", tmp_path / "run", "--mode", "raw"])
     assert all(e["k"]["mds"] == pytest.approx(1.0, abs=1e-12) for e in raw["layers"])
 

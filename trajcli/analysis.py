@@ -228,12 +228,15 @@ def _common(inv: Inventory, grams: GramSet, mode: str, reference: str | None) ->
 
 
 def _undefined_warnings(groups: list[dict]) -> list[str]:
-    undefined = [g["name"] for g in groups if g.get("mds") is None]
+    """Groups whose map has null entries: a vector with no direction (frozen weights, identical
+    checkpoints). A map of one vector (two checkpoints in displacement or update mode) has no pair and
+    so no MDS, but nothing in it is undefined."""
+    undefined = [g["name"] for g in groups if np.isnan(g["matrix"]).any()]
     if not undefined:
         return []
     shown = ", ".join(undefined[:5]) + (" …" if len(undefined) > 5 else "")
-    return [f"{len(undefined)} group(s) have no defined direction in this mode (frozen or identical "
-            f"checkpoints): {shown}; their entries are null"]
+    return [f"{len(undefined)} group(s) have vectors with no direction in this mode (frozen or identical "
+            f"checkpoints): {shown}; the entries involving them are null"]
 
 
 def layers_result(inv: Inventory, grams: GramSet, plan, by: str, mode: str, reference: str | None,
