@@ -439,3 +439,19 @@ def test_map_grid_tiles_of_a_long_run_are_evenly_picked_entries(tmp_path, monkey
     assert mosaic.shape[1] < 3 * (side + side // 4) + 1
     assert ax.get_title().endswith(f"({side} of {n} rows and columns)")
     plots._pyplot().close(shown["fig"])
+
+
+def test_a_two_checkpoint_report_says_only_what_trajcli_says_on_stderr(tmp_path):
+    """Two checkpoints: every map of displacement and update has one vector and no MDS, so whole
+    figures have nothing to draw; stderr (the drawing processes' too) holds trajcli's own lines only,
+    no library warning."""
+    import sys
+
+    write_trajectory("gpt_neox", tmp_path / "run", n=2, seed=5)
+    proc = subprocess.run([sys.executable, "-m", "trajcli", "report", str(tmp_path / "run"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines and all(line.startswith("trajcli: ") for line in lines), proc.stderr
+    assert not any("no direction" in line for line in lines)  # one vector per map: nothing is undefined
+    assert (tmp_path / "out" / "layers_role_mds.png").read_bytes()[:4] == b"\x89PNG"

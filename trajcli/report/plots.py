@@ -69,6 +69,12 @@ def _log_scale(ax, which: str, scale: str = "log", **kwargs) -> None:
         axis.set_minor_formatter(formatter(10, labelOnlyBase=False))
 
 
+def _legend(ax, **kwargs) -> None:
+    """A legend where something is labelled (a run whose groups are all undefined draws no line)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def _even_picks(n: int, most: int) -> list[int]:
     """At most `most` indices of range(n), evenly spread, first and last kept."""
     if n <= most:
@@ -166,8 +172,7 @@ def layers_mds(path: Path, groups: list[dict], title: str, fmt: str = "png") -> 
     ax.set_ylabel("MDS ω")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if lines:
-        ax.legend(fontsize=7, ncol=2)
+    _legend(ax, fontsize=7, ncol=2)
     _save(fig, path, fmt)
 
 
@@ -190,7 +195,7 @@ def qkv_curves(path: Path, runs: list[tuple[str, dict]], fmt: str = "png") -> No
     ax.set_title(f"Q/K/V trajectory maps along depth ({single['mode']} mode)" if len(runs) == 1
                  else f"Q/K/V along depth: {', '.join(label for label, _ in runs)}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(runs) > 1 else 1)
+    _legend(ax, fontsize=7, ncol=2 if len(runs) > 1 else 1)
     _save(fig, path, fmt)
 
 
@@ -206,7 +211,7 @@ def qkv_heterogeneity(path: Path, doc: dict, fmt: str = "png") -> None:
     ax.set_xlabel("layer")
     ax.set_title("Q/K/V heterogeneity per layer", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     _save(fig, path, fmt)
 
 
@@ -253,7 +258,7 @@ def layers_overlay(path: Path, runs: list[tuple[str, dict]], fmt: str = "png") -
     ax.set_title("MDS along depth: " + ", ".join(f"{label} ({dashes[r % len(dashes)]})" for r, (label, _) in enumerate(runs)),
                  fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, ncol=2)
+    _legend(ax, fontsize=6.5, ncol=2)
     _save(fig, path, fmt)
 
 
@@ -309,7 +314,7 @@ def path_measures(path: Path, doc: dict, fmt: str = "png") -> None:
     if p["turning_angle_deg"]:
         axes[2].plot(steps[1:-1], nan(p["turning_angle_deg"]), marker="s", ms=3, color="#9467bd", label="turning angle")
     axes[2].set_ylabel("degrees")
-    axes[2].legend(fontsize=7)
+    _legend(axes[2], fontsize=7)
     for ax in axes:
         _step_axis(ax, steps)
         ax.grid(alpha=0.3)
@@ -350,7 +355,7 @@ def dynamics(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> N
     for ax in axes:
         _step_axis(ax, steps)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6.5)
+    _legend(axes[0], fontsize=6.5)
     fig.suptitle(f"dynamics on the sphere — learning rate from {doc['lr_source'] or 'nowhere (pass --lr)'}", fontsize=10)
     _save(fig, path, fmt)
 
@@ -375,7 +380,7 @@ def sharpness(path: Path, doc: dict, fmt: str = "png") -> None:
     _step_axis(ax, steps)
     ax.set_ylabel("Hessian eigenvalue")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     ax.set_title("sharpness along the trajectory", fontsize=10)
     _save(fig, path, fmt)
 
@@ -399,7 +404,7 @@ def hessian_trace(path: Path, doc: dict, fmt: str = "png") -> None:
             axes[1].plot(xs, [d["finite_difference"][j]["curvature"] for _, d in with_dir], ls="--", marker=".",
                          label=f"finite difference, h = {f:g}·‖Δθ‖")
         axes[1].axhline(0, color="0.6", lw=0.8)
-        axes[1].legend(fontsize=7)
+        _legend(axes[1], fontsize=7)
     axes[1].set_ylabel("curvature along u = Δθ/‖Δθ‖")
     axes[1].set_title("curvature along the next step θ_k+1 − θ_k", fontsize=10)
     for ax in axes:
@@ -422,7 +427,7 @@ def glass(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> None
     _log_scale(axes[0], "y")
     axes[0].set_ylabel("glass density / |Hessian diagonal|")
     axes[0].set_title("glass-to-Hessian ratio (whole model)", fontsize=10)
-    axes[0].legend(fontsize=7)
+    _legend(axes[0], fontsize=7)
     names = [g["name"] for g in doc["points"][0]["glass"]]
     if len(names) > max_blocks + 1:
         names = [names[0]] + [names[1 + round(i * (len(names) - 2) / (max_blocks - 1))] for i in range(max_blocks)]
@@ -438,7 +443,7 @@ def glass(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> None
     axes[1].set_ylim(0, max([5.0] + [v + 0.5 for v in finite]))
     axes[1].set_ylabel("exponent p of E[d²] ∝ σ^p")
     axes[1].set_title("glass exponent per block", fontsize=10)
-    axes[1].legend(fontsize=6.5, ncol=2)
+    _legend(axes[1], fontsize=6.5, ncol=2)
     for ax in axes:
         _step_axis(ax, steps)
         ax.grid(alpha=0.3)
