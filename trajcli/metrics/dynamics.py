@@ -13,10 +13,6 @@ CONVERGENCE_FACTOR = 0.5  # the angle per step shrinks by at least this factor a
 MIN_INTERVALS = 3
 
 
-def _none(values) -> list:
-    return [None if v is None or not np.isfinite(v) else float(v) for v in values]
-
-
 def group_dynamics(basis: np.ndarray, steps: list[int], bad: set[int] = frozenset(),
                    lr: list[float | None] | None = None) -> dict:
     """Per checkpoint: norm, distance to the first, effective learning rate lr/‖w‖²; per interval
@@ -39,14 +35,14 @@ def group_dynamics(basis: np.ndarray, steps: list[int], bad: set[int] = frozense
         eff_lr = np.array([np.nan if lr is None or lr[k] is None else lr[k] / norm2[k] for k in range(n)])
     eff_step = eff_lr[:-1] * dsteps
     return {
-        "norm": _none(norms),
-        "distance_to_first": _none(dist),
-        "effective_lr": _none(eff_lr) if lr is not None else None,
-        "angle_deg": _none(angle),
+        "norm": tm.finite_or_none(norms),
+        "distance_to_first": tm.finite_or_none(dist),
+        "effective_lr": tm.finite_or_none(eff_lr) if lr is not None else None,
+        "angle_deg": tm.finite_or_none(angle),
         "delta_steps": [int(d) for d in dsteps],
-        "angle_per_step_deg": _none(per_step),
-        "angle_per_sqrt_step_deg": _none(per_sqrt),
-        "effective_step": _none(eff_step) if lr is not None else None,
+        "angle_per_step_deg": tm.finite_or_none(per_step),
+        "angle_per_sqrt_step_deg": tm.finite_or_none(per_sqrt),
+        "effective_step": tm.finite_or_none(eff_step) if lr is not None else None,
         "regime": regime(angle, dsteps, norms, steps),
     }
 

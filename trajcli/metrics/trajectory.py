@@ -149,8 +149,12 @@ def trajectory_pca(basis: np.ndarray, n_components: int = 2) -> dict:
     }
 
 
-def _nan_to_none(values) -> list:
-    return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, dtype=float).ravel()]
+def finite_or_none(values) -> list:
+    """Python floats, None where a value is NaN, ±Inf or None: how the documents hold a series."""
+    array = np.asarray(values, dtype=float).ravel()
+    out = array.astype(object)
+    out[~np.isfinite(array)] = None
+    return out.tolist()
 
 
 def lengths_and_bends(basis: np.ndarray, reference_idx: int = 0, bad_ckpts: set[int] = frozenset()) -> dict:
@@ -181,15 +185,15 @@ def lengths_and_bends(basis: np.ndarray, reference_idx: int = 0, bad_ckpts: set[
     off = off[np.isfinite(off)]
     return {
         "reference": reference_idx,
-        "norm": _nan_to_none(norms(raw)),
-        "distance_to_reference": _nan_to_none(norms(disp)),
-        "update_norm": _nan_to_none(update_norms),
-        "angle_to_reference_deg": _nan_to_none(degrees(raw_cos[reference_idx])),
-        "step_angle_deg": _nan_to_none(degrees(np.array(step_angles))),
-        "turning_angle_deg": _nan_to_none(degrees(np.array(turning))),
-        "path_length": _nan_to_none([path_length])[0],
-        "end_to_end_distance": _nan_to_none([end_to_end])[0],
-        "straightness": _nan_to_none([straightness])[0],
+        "norm": finite_or_none(norms(raw)),
+        "distance_to_reference": finite_or_none(norms(disp)),
+        "update_norm": finite_or_none(update_norms),
+        "angle_to_reference_deg": finite_or_none(degrees(raw_cos[reference_idx])),
+        "step_angle_deg": finite_or_none(degrees(np.array(step_angles))),
+        "turning_angle_deg": finite_or_none(degrees(np.array(turning))),
+        "path_length": finite_or_none([path_length])[0],
+        "end_to_end_distance": finite_or_none([end_to_end])[0],
+        "straightness": finite_or_none([straightness])[0],
         "cone_apex_angle_deg": float(degrees(off.min())) if off.size else None,
     }
 
