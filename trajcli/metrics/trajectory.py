@@ -87,11 +87,13 @@ def mode_vectors(basis: np.ndarray, mode: str, reference_idx: int = 0, bad_ckpts
 
 
 def cosine_matrix(vectors: ModeVectors) -> np.ndarray:
-    """C_ij = <x_i, x_j> / (|x_i| |x_j|); NaN where a vector is zero or built from bad values."""
+    """C_ij = <x_i, x_j> / (|x_i| |x_j|); NaN where a vector is zero or built from bad values. Exactly
+    symmetric: the upper triangle, mirrored (sums in another order differ in the last bits)."""
     undefined = vectors.zero | vectors.bad
-    norms = np.sqrt(np.clip(np.diagonal(vectors.gram), 0.0, None))
+    gram = np.triu(vectors.gram) + np.triu(vectors.gram, 1).T
+    norms = np.sqrt(np.clip(np.diagonal(gram), 0.0, None))
     safe = np.where(undefined, 1.0, norms)
-    cos = vectors.gram / np.outer(safe, safe)
+    cos = gram / np.outer(safe, safe)
     cos = np.clip(cos, -1.0, 1.0)
     np.fill_diagonal(cos, 1.0)
     cos[undefined, :] = np.nan
