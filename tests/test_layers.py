@@ -146,3 +146,33 @@ def test_plot_redraws_and_overlays_without_checkpoints(tmp_path):
     bad.write_text('{"schema": "other/1"}')
     result = run(["plot", bad, "--out", out])
     assert result.exit_code == 1 and "does not draw" in result.stderr
+
+
+def test_curve_figures_get_the_documents_without_their_maps(tmp_path, monkeypatch):
+    """The drawing process is sent what each figure draws: the MDS curves and bars get no N × N maps
+    (a long run's would be pickled by the megabyte), the map grids get every map, NaN where null."""
+    from trajcli.report import drawing
+
+    write_trajectory("gpt_neox", tmp_path / "run")
+    assert run(["qkv", tmp_path / "run", "--per-head", "--out", tmp_path / "out"]).exit_code == 0
+    sds = random_trajectory(4, seed=6)
+    for k, sd in enumerate(sds):  # one tensor frozen: its map is null
+        save_safetensors_dir(tmp_path / "frozen" / f"step{k}", {**sd, "embed.weight": sds[0]["embed.weight"]})
+    assert run(["layers", tmp_path / "frozen", "--by", "tensor", "--mode", "update", "--out", tmp_path / "out"]).exit_code == 0
+    sent = []
+    monkeypatch.setattr(drawing, "submit", lambda plot, args: sent.append((plot.__name__, args)))
+    monkeypatch.setattr(drawing, "wait", lambda numbers: None)
+    monkeypatch.setattr(drawing, "run", lambda jobs: sent.extend((plot.__name__, args) for plot, args in jobs))
+    result = run(["plot", tmp_path / "out" / "layers.json", tmp_path / "out" / "qkv.json", "--out", tmp_path / "plots"])
+    assert result.exit_code == 0, result.stderr
+    drawn = dict(sent)
+    assert set(drawn) == {"layers_mds", "map_grid", "qkv_curves", "qkv_heterogeneity", "qkv_heads"}
+    assert '"matrix"' not in repr(drawn["layers_mds"]) and "'matrix'" not in repr(drawn["layers_mds"])
+    for name in ("qkv_curves", "qkv_heterogeneity", "qkv_heads"):
+        assert "'matrix'" not in repr(drawn[name]), name
+    saved = json.loads((tmp_path / "out" / "layers.json").read_text())["groups"]
+    maps = drawn["map_grid"][1]
+    assert [n for n, _ in maps] == [g["name"] for g in saved]
+    for (_, m), g in zip(maps, saved):
+        np.testing.assert_array_equal(m, np.array([[np.nan if v is None else v for v in row] for row in g["matrix"]]))
+    assert np.isnan(dict(maps)["embed.weight"]).all()  # null entries came back as NaN

@@ -177,13 +177,27 @@ def _mode_text(doc: dict) -> str:
     return doc["mode"] + (f", reference {doc['reference']}" if doc["reference"] else "")
 
 
+def _without_maps(doc: dict) -> dict:
+    """A layers or Q/K/V document less its maps: what a curve or bar figure needs. The drawing process
+    gets its arguments pickled, and a long run's maps are N × N floats per group (500 × 500 × 38 role
+    groups at N = 500)."""
+    out = dict(doc)
+    if "groups" in doc:
+        out["groups"] = [{k: v for k, v in g.items() if k != "matrix"} for g in doc["groups"]]
+    if "layers" in doc:
+        out["layers"] = [{k: ({p: x for p, x in v.items() if p != "matrix"} if k in ("q", "k", "v") else v)
+                          for k, v in entry.items()} for entry in doc["layers"]]
+    return out
+
+
 def add_layers(files: OutputSet, doc: dict, matrices: dict[str, np.ndarray], plot_format: str,
                stem: str = "layers") -> list[str]:
     rows = [[g.get(c) for c in LAYER_COLUMNS] for g in doc["groups"]]
     names = [f"{stem}.json", f"{stem}.csv", f"{stem}_mds.{plot_format}", f"{stem}_maps.{plot_format}"]
     files.json(names[0], doc)
     files.text(names[1], rows_csv(LAYER_COLUMNS, rows))
-    files.draw(names[2], plots.layers_mds, doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})", plot_format)
+    files.draw(names[2], plots.layers_mds, _without_maps(doc)["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})",
+               plot_format)
     files.draw(names[3], plots.map_grid, list(matrices.items()), f"trajectory maps per {doc['by']} ({_mode_text(doc)})",
                plot_format)
     return names
@@ -217,13 +231,14 @@ def add_qkv(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
     names = ["qkv.json", "qkv.csv", f"qkv_mds.{plot_format}", f"qkv_heterogeneity.{plot_format}"]
     files.json(names[0], doc)
     files.text(names[1], rows_csv(QKV_COLUMNS, rows))
-    files.draw(names[2], plots.qkv_curves, [("", doc)], plot_format)
-    files.draw(names[3], plots.qkv_heterogeneity, doc, plot_format)
+    drawn = _without_maps(doc)
+    files.draw(names[2], plots.qkv_curves, [("", drawn)], plot_format)
+    files.draw(names[3], plots.qkv_heterogeneity, drawn, plot_format)
     if doc["per_head"]:
         head_rows = [[e["layer"], part, h, v] for e in doc["layers"] for part in "qkv"
                      for h, v in enumerate(e["heads"][part])]
         files.text("qkv_heads.csv", rows_csv(["layer", "part", "head", "mds"], head_rows))
-        files.draw(f"qkv_heads.{plot_format}", plots.qkv_heads, doc, plot_format)
+        files.draw(f"qkv_heads.{plot_format}", plots.qkv_heads, drawn, plot_format)
         names += ["qkv_heads.csv", f"qkv_heads.{plot_format}"]
     return names
 
@@ -264,7 +279,8 @@ def _load_result(path: Path) -> dict:
 
 
 def _as_matrix(rows: list[list]) -> np.ndarray:
-    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float).reshape(len(rows), -1)
+    """A map read back from JSON: null (None) becomes NaN, as numpy converts it to float."""
+    return np.array(rows, dtype=float).reshape(len(rows), -1) if rows else np.zeros((0, 0))
 
 
 def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format: str = "png") -> list[Path]:
@@ -293,18 +309,20 @@ def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format
                     draw("similarity", name, many, plots.trajectory_map, _as_matrix(doc["matrix"]), tick_labels(doc),
                          similarity_title(doc))
                 elif schema == LAYERS_SCHEMA:
-                    draw("layers_mds", name, many, plots.layers_mds, doc["groups"], f"MDS per {doc['by']} ({_mode_text(doc)})")
+                    draw("layers_mds", name, many, plots.layers_mds, _without_maps(doc)["groups"],
+                         f"MDS per {doc['by']} ({_mode_text(doc)})")
                     draw("layers_maps", name, many, plots.map_grid, [(g["name"], _as_matrix(g["matrix"])) for g in doc["groups"]],
                          f"trajectory maps per {doc['by']} ({_mode_text(doc)})")
                 else:
-                    draw("qkv_mds", name, many, plots.qkv_curves, [(name, doc)])
-                    draw("qkv_heterogeneity", name, many, plots.qkv_heterogeneity, doc)
+                    drawn = _without_maps(doc)
+                    draw("qkv_mds", name, many, plots.qkv_curves, [(name, drawn)])
+                    draw("qkv_heterogeneity", name, many, plots.qkv_heterogeneity, drawn)
                     if doc.get("per_head"):
-                        draw("qkv_heads", name, many, plots.qkv_heads, doc)
+                        draw("qkv_heads", name, many, plots.qkv_heads, drawn)
             if many and schema == QKV_SCHEMA:
-                draw("qkv_overlay", "", False, plots.qkv_curves, runs)
+                draw("qkv_overlay", "", False, plots.qkv_curves, [(name, _without_maps(doc)) for name, doc in runs])
             if many and schema == LAYERS_SCHEMA:
-                draw("layers_overlay", "", False, plots.layers_overlay, runs)
+                draw("layers_overlay", "", False, plots.layers_overlay, [(name, _without_maps(doc)) for name, doc in runs])
     return [out / n for n in written]
 
 
