@@ -146,6 +146,16 @@ def test_plot_redraws_and_overlays_without_checkpoints(tmp_path):
     bad.write_text('{"schema": "other/1"}')
     result = run(["plot", bad, "--out", out])
     assert result.exit_code == 1 and "does not draw" in result.stderr
+    # a map that is not a square table (an edited or foreign file): one line, no traceback
+    doc = json.loads((tmp_path / "small" / "layers.json").read_text())
+    doc["groups"][1]["matrix"][0] = doc["groups"][1]["matrix"][0][:-1]
+    bad.write_text(json.dumps(doc))
+    result = run(["plot", bad, "--out", out])
+    assert result.exit_code == 1 and "not a square table of numbers" in result.stderr and str(bad) in result.stderr
+    assert "Traceback" not in result.stderr
+    del doc["groups"][1]["matrix"]
+    bad.write_text(json.dumps(doc))
+    assert "a map is missing" in run(["plot", bad, "--out", out]).stderr
 
 
 def test_curve_figures_get_the_documents_without_their_maps(tmp_path, monkeypatch):

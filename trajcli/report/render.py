@@ -275,12 +275,24 @@ def _load_result(path: Path) -> dict:
     if schema not in (SIMILARITY_SCHEMA, LAYERS_SCHEMA, QKV_SCHEMA):
         raise DataError(f"{path} has schema {schema!r}, which trajcli plot does not draw",
                         f"one of {SIMILARITY_SCHEMA}, {LAYERS_SCHEMA}, {QKV_SCHEMA}")
+    try:  # the maps it draws, as arrays (null: NaN)
+        if schema == SIMILARITY_SCHEMA:
+            doc["matrix"] = _as_matrix(doc["matrix"])
+        elif schema == LAYERS_SCHEMA:
+            for group in doc["groups"]:
+                group["matrix"] = _as_matrix(group["matrix"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: a map is missing or is not a square table of numbers ({exc.__class__.__name__}: {exc})",
+                        "pass the result files as trajcli wrote them") from None
     return doc
 
 
 def _as_matrix(rows: list[list]) -> np.ndarray:
     """A map read back from JSON: null (None) becomes NaN, as numpy converts it to float."""
-    return np.array(rows, dtype=float).reshape(len(rows), -1) if rows else np.zeros((0, 0))
+    matrix = np.array(rows, dtype=float).reshape(len(rows), -1) if rows else np.zeros((0, 0))
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"shape {matrix.shape}")
+    return matrix
 
 
 def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format: str = "png") -> list[Path]:
@@ -306,12 +318,12 @@ def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format
             many = len(runs) > 1
             for name, doc in runs:
                 if schema == SIMILARITY_SCHEMA:
-                    draw("similarity", name, many, plots.trajectory_map, _as_matrix(doc["matrix"]), tick_labels(doc),
+                    draw("similarity", name, many, plots.trajectory_map, doc["matrix"], tick_labels(doc),
                          similarity_title(doc))
                 elif schema == LAYERS_SCHEMA:
                     draw("layers_mds", name, many, plots.layers_mds, _without_maps(doc)["groups"],
                          f"MDS per {doc['by']} ({_mode_text(doc)})")
-                    draw("layers_maps", name, many, plots.map_grid, [(g["name"], _as_matrix(g["matrix"])) for g in doc["groups"]],
+                    draw("layers_maps", name, many, plots.map_grid, [(g["name"], g["matrix"]) for g in doc["groups"]],
                          f"trajectory maps per {doc['by']} ({_mode_text(doc)})")
                 else:
                     drawn = _without_maps(doc)
