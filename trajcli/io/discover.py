@@ -294,9 +294,12 @@ def select_checkpoints(
     if max_checkpoints is not None:
         if max_checkpoints < 2:
             raise UsageError(f"--max-checkpoints {max_checkpoints} must be at least 2", "a trajectory needs two checkpoints")
-        n = len(chosen)
-        if n > max_checkpoints:
-            # Uniform subsample that keeps the first and the last.
-            picks = sorted({round(i * (n - 1) / (max_checkpoints - 1)) for i in range(max_checkpoints)})
-            chosen = [chosen[i] for i in picks]
+        chosen = [chosen[i] for i in even_picks(len(chosen), max_checkpoints)]
     return chosen
+
+
+def even_picks(n: int, most: int) -> list[int]:
+    """At most `most` (≥ 2) indices of range(n), evenly spread, the first and the last kept."""
+    if n <= most:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (most - 1)) for i in range(most)})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trajcli.io.discover import even_picks
 
 DPI = 96
 
@@ -75,13 +76,6 @@ def _legend(ax, **kwargs) -> None:
         ax.legend(**kwargs)
 
 
-def _even_picks(n: int, most: int) -> list[int]:
-    """At most `most` indices of range(n), evenly spread, first and last kept."""
-    if n <= most:
-        return list(range(n))
-    return sorted({round(i * (n - 1) / (most - 1)) for i in range(most)})
-
-
 def trajectory_map(path: Path, matrix: np.ndarray, tick_labels: list[str], title: str, fmt: str = "png") -> None:
     """Heatmap of a trajectory map: checkpoints in training order, cosine on a fixed [-1, 1] scale
     (undefined entries grey), a colour bar and the MDS in the title."""
@@ -91,7 +85,7 @@ def trajectory_map(path: Path, matrix: np.ndarray, tick_labels: list[str], title
     fig, ax = plt.subplots(figsize=(size + 1.2, size), dpi=DPI)
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#bbbbbb")
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
-    ticks = _even_picks(n, 20)
+    ticks = even_picks(n, 20)
     ax.set_xticks(ticks, [tick_labels[i] for i in ticks], rotation=60, ha="right", fontsize=8)
     ax.set_yticks(ticks, [tick_labels[i] for i in ticks], fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -121,12 +115,12 @@ def map_grid(path: Path, maps: list[tuple[str, np.ndarray]], title: str, fmt: st
     checkpoints (a tile is about 140 pixels wide: the image would be resampled to that anyway)."""
     plt = _pyplot()
     if len(maps) > max_maps:
-        picks = _even_picks(len(maps), max_maps)
+        picks = even_picks(len(maps), max_maps)
         title += f" ({len(picks)} of {len(maps)} groups)"
         maps = [maps[i] for i in picks]
     n = max(m.shape[0] for _, m in maps)
     if n > max_side:
-        maps = [(name, m[np.ix_(_even_picks(len(m), max_side), _even_picks(len(m), max_side))]) for name, m in maps]
+        maps = [(name, m[np.ix_(even_picks(len(m), max_side), even_picks(len(m), max_side))]) for name, m in maps]
         title += f" ({max_side} of {n} rows and columns)"
         n = max(m.shape[0] for _, m in maps)
     cols = min(8, len(maps))
@@ -331,7 +325,7 @@ def dynamics(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> N
     chosen = [g for g in doc["groups"] if g["kind"] in ("model", "scale_invariant")]
     blocks = [g for g in doc["groups"] if g["kind"] == "block" and g["layer"] is not None]
     if len(blocks) > max_blocks:
-        blocks = [blocks[round(i * (len(blocks) - 1) / (max_blocks - 1))] for i in range(max_blocks)]
+        blocks = [blocks[i] for i in even_picks(len(blocks), max_blocks)]
     chosen += blocks
     panels = 3 if doc["lr"] is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.3 * panels, 3.6), dpi=DPI)
@@ -430,7 +424,7 @@ def glass(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> None
     _legend(axes[0], fontsize=7)
     names = [g["name"] for g in doc["points"][0]["glass"]]
     if len(names) > max_blocks + 1:
-        names = [names[0]] + [names[1 + round(i * (len(names) - 2) / (max_blocks - 1))] for i in range(max_blocks)]
+        names = [names[0]] + [names[1 + i] for i in even_picks(len(names) - 1, max_blocks)]
     for i, name in enumerate(names):
         values = [next(g["exponent"] for g in p["glass"] if g["name"] == name) for p in doc["points"]]
         style = {"color": "k", "lw": 2} if name == "model" else {"color": cmap(i / max(len(names), 1)), "lw": 1}
