@@ -76,11 +76,49 @@ def test_json_documents_are_strict_exact_and_indented():
     assert np.array_equal(np.array(back["every_other"]).view(np.int64), values[::2].view(np.int64))
     expected = [[v if np.isfinite(v) else None for v in row] for row in matrix.tolist()]
     assert back["matrix"] == expected
-    # a map held as an array with NaN is written exactly as the same rows of floats and None would be
-    assert dumps_json({"m": json_matrix(matrix)}) == dumps_json({"m": expected})
+    # a map held as an array: one row per line, at the document's indentation, NaN as null
+    text_rows = text.split('"matrix": [\n', 1)[1].split("\n  ]", 1)[0].split("\n")
+    assert [loads_strict(line.strip().rstrip(",")) for line in text_rows] == expected
+    assert all(line.startswith("    [") and line.rstrip(",").endswith("]") for line in text_rows)
     assert back["transposed"] == [[v if np.isfinite(v) else None for v in row] for row in matrix.T.tolist()]
     assert back["scalars"] == [None, None, 7, True, 0.1, None]
     assert back["3"] == ["tuple", 1]
+
+
+def test_maps_are_written_one_row_per_line_wherever_they_sit():
+    """A 2-D array is one JSON row per line, indented as the document around it (known text); lists
+    and 1-D arrays keep one value per line; the caller's document is not changed."""
+    from trajcli.report.writers import dumps_json
+
+    inner = {"matrix": np.array([[1.0, np.nan], [0.5, -0.0]]), "none": np.zeros((0, 0)), "n": 3}
+    doc = {"groups": [inner], "pair": (np.array([[1, 2]]),), "flags": np.array([[True, False]]),
+           "norms": np.array([2.5, np.inf])}
+    assert dumps_json(doc) == (
+        '{\n'
+        '  "groups": [\n'
+        '    {\n'
+        '      "matrix": [\n'
+        '        [1.0,null],\n'
+        '        [0.5,-0.0]\n'
+        '      ],\n'
+        '      "none": [],\n'
+        '      "n": 3\n'
+        '    }\n'
+        '  ],\n'
+        '  "pair": [\n'
+        '    [\n'
+        '      [1,2]\n'
+        '    ]\n'
+        '  ],\n'
+        '  "flags": [\n'
+        '    [true,false]\n'
+        '  ],\n'
+        '  "norms": [\n'
+        '    2.5,\n'
+        '    null\n'
+        '  ]\n'
+        '}\n')
+    assert isinstance(doc["groups"][0]["matrix"], np.ndarray) and isinstance(doc["pair"], tuple)
 
 
 def test_selection_flags(run_dir):
