@@ -143,6 +143,9 @@ def test_scale_invariant_set_and_outputs(tmp_path):
     assert rows[0].startswith("group,kind,checkpoint,step,norm,distance_to_first,effective_lr,angle_deg")
     assert len(rows) == 1 + 4 * len(doc["groups"])
     assert (tmp_path / "out" / "dynamics.png").read_bytes()[:4] == b"\x89PNG"
+    summary = run(["dynamics", tmp_path / "run"])  # the table's title says what was found
+    assert summary.exit_code == 0 and "— no learning rate found" in summary.stdout
+    assert "from nowhere" not in summary.stdout
     doc = run_json(["dynamics", tmp_path / "run", "--scale-invariant", r"^fc\."])
     assert doc["scale_invariant"] == ["fc.weight"]
     assert run(["dynamics", tmp_path / "run", "--lr", "1", "--lr-file", tmp_path / "x.csv"]).exit_code == 2

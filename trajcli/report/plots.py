@@ -350,7 +350,8 @@ def dynamics(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> N
         _step_axis(ax, steps)
         ax.grid(alpha=0.3)
     _legend(axes[0], fontsize=6.5)
-    fig.suptitle(f"dynamics on the sphere — learning rate from {doc['lr_source'] or 'nowhere (pass --lr)'}", fontsize=10)
+    fig.suptitle("dynamics on the sphere — " + (f"learning rate from {doc['lr_source']}" if doc["lr_source"]
+                                         else "no learning rate found (pass --lr or --lr-file)"), fontsize=10)
     _save(fig, path, fmt)
 
 

@@ -539,8 +539,8 @@ def print_dynamics(doc: dict, written: list[Path]) -> None:
     from rich.table import Table
 
     console = _console()
-    table = Table(title=f"dynamics of {len(doc['groups'])} groups — "
-                        f"learning rate from {doc['lr_source'] or 'nowhere'}", title_justify="left")
+    source = f"learning rate from {doc['lr_source']}" if doc["lr_source"] else "no learning rate found"
+    table = Table(title=f"dynamics of {len(doc['groups'])} groups — {source}", title_justify="left")
     for col, justify in (("group", "left"), ("regime", "left"), ("median angle", "right"),
                          ("angle/step change", "right"), ("norm change", "right"), ("final ‖w‖", "right")):
         table.add_column(col, justify=justify)
