@@ -125,6 +125,21 @@ def test_changed_checkpoints_or_selection_are_read_again(tmp_path, count_reads):
     assert count_reads
 
 
+def test_a_damaged_grams_file_is_read_again(tmp_path, count_reads):
+    """A grams.npz cut short (a full disk, a copy that stopped), empty or not ours: the checkpoints
+    are read again and the file replaced, without a traceback."""
+    for k, sd in enumerate(random_trajectory(3, seed=2)):
+        save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
+    out = tmp_path / "out"
+    expected = run_json(["similarity", tmp_path / "run", "--out", out])
+    whole = (out / "grams.npz").read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"", b"not a zip file"):
+        (out / "grams.npz").write_bytes(damaged)
+        count_reads.clear()
+        assert run_json(["similarity", tmp_path / "run", "--out", out]) == expected
+        assert count_reads and (out / "grams.npz").read_bytes() == whole
+
+
 def _qkv_grams(tmp_path, devices: tuple[str, ...]) -> list:
     """A GPT-2 trajectory's Grams cut into Q/K/V heads (its Conv1D columns exercise the copying slice
     path), accumulated once per device."""

@@ -106,7 +106,7 @@ def load_grams(path: Path, inv: Inventory, segments: dict[str, Segment]) -> Gram
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             basis = data["basis"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # not ours, or cut short: read again
         return None
     if meta.get("format") != STORE_FORMAT or meta.get("identities") != identities(inv):
         return None
