@@ -67,6 +67,50 @@ def test_same_grams_as_one_process_with_heads_and_nan(tmp_path, cluster):
     _assert_same(alone, spread)
 
 
+def test_the_cluster_resumes_a_stopped_pass_and_keeps_what_it_finishes(tmp_path, cluster, monkeypatch):
+    """Tensors a stopped pass kept are not sent to the workers; each tensor the workers finish is
+    handed to the journal once all its chunks are in (every one of them here: a part per tensor)."""
+    from test_resume import SEGMENTS, TENSORS, _stop_at, _write
+
+    from trajcli.engine.distributed import accumulate_distributed
+    from trajcli.engine.journal import PassJournal
+    from trajcli.engine.store import pass_plan
+
+    _write(tmp_path / "run", nan_at=("layers.1.mlp.weight", 2))
+    inv = _inventory(tmp_path / "run")
+    try:
+        alone = accumulate(inv, 1 << 10, segments=SEGMENTS)
+        plan = pass_plan(inv, SEGMENTS)
+        with monkeypatch.context() as patch:
+            _stop_at(patch, "layers.0.attn.weight")
+            with pytest.raises(KeyboardInterrupt):
+                accumulate(inv, 1 << 10, segments=SEGMENTS, journal=PassJournal.open(tmp_path / "out", plan))
+        journal = PassJournal.open(tmp_path / "out", plan, every_s=0)
+        assert sorted(journal.done) == TENSORS[:3]
+        sent = []
+        monkeypatch.setattr(cluster[1], "submit", _recording(cluster[1].submit, sent))
+        spread = accumulate_distributed(inv, cluster[1], 1 << 10, SEGMENTS, journal=journal)
+    finally:
+        inv.close()
+    assert sorted({chunk.spec.name for task in sent for chunk in task}) == TENSORS[3:]
+    _assert_same(alone, spread)
+    for leaf in ("embed.weight", "head.scale", "layers.0.attn.bias"):  # read back, not recomputed
+        assert np.array_equal(spread.basis[leaf], alone.basis[leaf])
+    kept = PassJournal.open(tmp_path / "out", plan)
+    assert sorted(kept.done) == TENSORS and kept.done["layers.1.mlp.weight"][1] == {2: 3}
+    for tensor, (leaves, _) in kept.done.items():
+        for leaf, gram in leaves.items():
+            assert np.array_equal(gram, spread.basis[leaf]), leaf
+
+
+def _recording(submit, sent):
+    def recording(fn, checkpoints, task, **kwargs):
+        sent.append(task)
+        return submit(fn, checkpoints, task, **kwargs)
+
+    return recording
+
+
 def test_a_killed_worker_does_not_change_the_result(tmp_path, cluster):
     from trajcli.engine.distributed import accumulate_distributed
 

@@ -128,7 +128,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the batch rows and
 TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="How many of the largest Hessian eigenvalues.")]
 MomentumOpt = Annotated[Optional[float], typer.Option("--momentum", min=0.0, max=1.0, help="The run's momentum (SGD) or Adam beta1, for the momentum edge-of-stability line [default: the optimizer state].")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Precision of the model during the probes: float64 (exact finite differences) or float32.")]
-RecomputeOpt = Annotated[bool, typer.Option("--recompute", help="Read the checkpoints even when --out holds Grams saved from them.")]
+RecomputeOpt = Annotated[bool, typer.Option("--recompute", help="Read the checkpoints even when --out holds Grams saved from them (or kept by a stopped pass).")]
 
 
 def _selection(every, max_checkpoints, steps, include, exclude, on_mismatch):
@@ -269,7 +269,8 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
     later); the result is (inventory, Gram set, output folder or None, that second item)."""
     from trajcli.engine.budget import available_memory_bytes, parse_budget
     from trajcli.engine.gram import resolve_device
-    from trajcli.engine.store import GRAMS_FILE, load_grams, save_grams
+    from trajcli.engine.journal import PassJournal
+    from trajcli.engine.store import GRAMS_FILE, load_grams, pass_plan, save_grams
     from trajcli.pipeline import load_inventory, read_trajectory
     from trajcli.report import render
 
@@ -298,10 +299,24 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
                 typer.echo(f"trajcli: reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)", err=True)
         if grams is None:
             device = "cpu" if distributed else resolve_device(options.device)  # (torch is not imported here then)
-            grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
-                                    scheduler=options.scheduler, workers=options.workers)
+            journal = None
+            if out_dir is not None:  # a pass that stops keeps its finished tensors there, for the next
+                journal = PassJournal.open(out_dir, pass_plan(inv, segments), fresh=options.recompute)
+                if journal.done and not options.quiet:
+                    typer.echo(f"trajcli: resuming an interrupted pass: {len(journal.done)} of {len(inv.tensors)} "
+                               f"tensors were read before (kept in {journal.folder}; --recompute reads them again)",
+                               err=True)
+            try:
+                grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
+                                        scheduler=options.scheduler, workers=options.workers, journal=journal)
+            except BaseException:
+                if journal is not None and journal.n_kept and not options.quiet:
+                    typer.echo(f"trajcli: {journal.n_kept} of {len(inv.tensors)} tensors are read and kept in "
+                               f"{journal.folder}: the same command goes on from there", err=True)
+                raise
             if out_dir is not None:
                 save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
+                journal.remove()
     finally:
         inv.close()
     return inv, grams, out_dir, planned

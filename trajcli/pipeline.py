@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 
 from trajcli.engine.gram import GramSet, accumulate, itemsize
+from trajcli.engine.journal import PassJournal
 from trajcli.io.discover import discover_checkpoints
 from trajcli.io.inventory import Inventory, Selection, take_inventory
 
@@ -36,21 +37,24 @@ def progress_bar(total: int, quiet: bool, what: str = "reading", unit: str = "by
 
 
 def read_trajectory(inv: Inventory, memory_budget_bytes: int, quiet: bool = False, segments: dict | None = None,
-                    device: str = "cpu", scheduler: str | None = None, workers: int | None = None) -> GramSet:
+                    device: str = "cpu", scheduler: str | None = None, workers: int | None = None,
+                    journal: PassJournal | None = None) -> GramSet:
     """The single streaming pass over an inventoried trajectory (tensors cut into leaves by `segments`):
-    in this process, or on a Dask cluster (`scheduler` address, or `workers` local processes)."""
+    in this process, or on a Dask cluster (`scheduler` address, or `workers` local processes); with a
+    `journal`, the tensors an interrupted pass finished are not read again."""
+    done = journal.done if journal is not None else {}
     total = sum(
-        t.numel * itemsize(r.tensors[t.name].dtype) for t in inv.tensors for r in inv.readers
+        t.numel * itemsize(r.tensors[t.name].dtype) for t in inv.tensors if t.name not in done for r in inv.readers
     )
     if scheduler is None and workers is None:
         with progress_bar(total, quiet) as on_bytes:
-            return accumulate(inv, memory_budget_bytes, on_bytes, segments, device)
+            return accumulate(inv, memory_budget_bytes, on_bytes, segments, device, journal=journal)
     from trajcli.engine.distributed import accumulate_distributed, connect
 
     client = connect(scheduler, workers)
     try:
         with progress_bar(total, quiet) as on_bytes:
-            return accumulate_distributed(inv, client, memory_budget_bytes, segments, on_bytes)
+            return accumulate_distributed(inv, client, memory_budget_bytes, segments, on_bytes, journal)
     finally:
         cluster = client.cluster if scheduler is None else None
         client.close()

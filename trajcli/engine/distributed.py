@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +20,8 @@ import numpy as np
 from trajcli.arch.grouping import Segment
 from trajcli.engine.gram import (DEFAULT_MEMORY_BUDGET, GramSet, _Chunk, _difference_in_place, _NumpyProducts,
                                  _plan_chunks, _products_without_nonfinite, _read_chunk, add_parts, chunk_bytes,
-                                 chunk_elems_for, finish_gramset)
+                                 chunk_elems_for, finish_gramset, kept_on_failure, resume_from, tensor_finished)
+from trajcli.engine.journal import PassJournal
 from trajcli.errors import DataError, UsageError
 from trajcli.io.discover import Checkpoint
 from trajcli.io.inventory import Inventory
@@ -151,11 +153,14 @@ def accumulate_distributed(
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     segments: dict[str, Segment] | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    journal: PassJournal | None = None,
 ) -> GramSet:
     """The per-leaf basis Grams of `accumulate`, computed by the workers of `client`.
 
     Tasks are shaped by the memory budget per worker; partial Grams are summed in float64 as they
-    arrive (the order differs from a single process only by float64 rounding)."""
+    arrive (the order differs from a single process only by float64 rounding). With a `journal`, as
+    in `accumulate`: its tensors are not read again, and each tensor is handed to it once all its
+    chunks have arrived."""
     from dask.distributed import as_completed
 
     paths = sorted({str(f.resolve()) for c in inv.checkpoints for f in c.files})
@@ -169,18 +174,25 @@ def accumulate_distributed(
     # a worker keeps one chunk buffer (no read-ahead buffer beside it): twice the elements of a chunk
     # of the single-process pass fit the same budget
     task_elems = 2 * chunk_elems_for(n, memory_budget_bytes)
-    tasks = _tasks(_plan_chunks(inv, segments, task_elems), task_elems)
-    checkpoints = tuple(inv.checkpoints)
-    futures = {client.submit(_chunks_task, checkpoints, task, pure=False, retries=2): task for task in tasks}
-    sums: dict[str, np.ndarray] = {}
     grams = GramSet([c.name for c in inv.checkpoints])
-    for future in as_completed(futures):
-        parts, bad = future.result()
-        add_parts(sums, parts)
-        for tensor, per_checkpoint in bad.items():
-            counts = grams.nonfinite.setdefault(tensor, {})
-            for k, c in per_checkpoint.items():
-                counts[k] = counts.get(k, 0) + c
-        if on_bytes is not None:
-            on_bytes(sum(chunk_bytes(inv, chunk) for chunk in futures[future]))
+    sums = resume_from(journal, grams)
+    chunks = _plan_chunks(inv, segments, task_elems, skip=journal.done if journal else ())
+    remaining = Counter(chunk.spec.name for chunk in chunks)  # chunks not yet summed, per tensor
+    checkpoints = tuple(inv.checkpoints)
+    futures = {client.submit(_chunks_task, checkpoints, task, pure=False, retries=2): task
+               for task in _tasks(chunks, task_elems)}
+    with kept_on_failure(journal):
+        for future in as_completed(futures):
+            parts, bad = future.result()
+            add_parts(sums, parts)
+            for tensor, per_checkpoint in bad.items():
+                counts = grams.nonfinite.setdefault(tensor, {})
+                for k, c in per_checkpoint.items():
+                    counts[k] = counts.get(k, 0) + c
+            for chunk in futures[future]:
+                remaining[chunk.spec.name] -= 1
+                if journal is not None and remaining[chunk.spec.name] == 0:
+                    tensor_finished(journal, chunk, sums, grams, lambda total: total)
+            if on_bytes is not None:
+                on_bytes(sum(chunk_bytes(inv, chunk) for chunk in futures[future]))
     return finish_gramset(grams, inv, segments, sums, lambda total: total)

@@ -11,6 +11,7 @@ product per chunk serves all three modes, any reference and any grouping of tens
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trajcli.arch.grouping import Segment, whole_segment
-from trajcli.errors import UsageError
+from trajcli.engine.journal import PassJournal
+from trajcli.errors import DataError, UsageError
 from trajcli.io.inventory import Inventory, TensorSpec
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024 * 1024
@@ -78,9 +80,12 @@ class _Chunk:
         return (self.row_stop - self.row_start) * self.row_elems
 
 
-def _plan_chunks(inv: Inventory, segments: dict[str, Segment], chunk_elems: int) -> list[_Chunk]:
+def _plan_chunks(inv: Inventory, segments: dict[str, Segment], chunk_elems: int, skip=()) -> list[_Chunk]:
+    """Row chunks of every analysed tensor but those in `skip`, in order; a tensor's are consecutive."""
     chunks = []
     for spec in inv.tensors:
+        if spec.name in skip:
+            continue
         segment = segments.get(spec.name) or whole_segment(spec)
         rows_per_chunk = max(1, chunk_elems // (spec.numel // spec.n_rows))
         for row_start in range(0, spec.n_rows, rows_per_chunk):
@@ -132,27 +137,61 @@ def accumulate(
     segments: dict[str, Segment] | None = None,
     device: str = "cpu",
     read_threads: int | None = None,
+    journal: PassJournal | None = None,
 ) -> GramSet:
     """Read every analysed tensor once, in row chunks, and return the per-leaf basis Grams.
 
     Products run with numpy's BLAS on the CPU, or with torch on `device`; reading overlaps them when
-    `read_threads` > 0 (default: `default_read_threads()`)."""
+    `read_threads` > 0 (default: `default_read_threads()`). With a `journal`, the tensors it holds
+    are not read again, and each tensor finished is handed to it."""
     n = len(inv.checkpoints)
     segments = segments or {}
-    chunks = _plan_chunks(inv, segments, chunk_elems_for(n, memory_budget_bytes))
+    grams = GramSet([c.name for c in inv.checkpoints])
+    sums = resume_from(journal, grams)
+    chunks = _plan_chunks(inv, segments, chunk_elems_for(n, memory_budget_bytes), skip=journal.done if journal else ())
     capacity = max((c.n_elems for c in chunks), default=1)
     products = _products_for(device)
-    grams = GramSet([c.name for c in inv.checkpoints])
-    sums: dict[str, object] = {}
     threads = default_read_threads() if read_threads is None else read_threads
-    for chunk, x in _chunk_stream(inv, chunks, n, capacity, threads):
-        parts = products(x, chunk)
-        if not products.finite(parts):
-            parts = _products_without_nonfinite(inv, chunk, x, products, grams)
-        add_parts(sums, parts)
-        if on_bytes is not None:
-            on_bytes(chunk_bytes(inv, chunk))
+    with kept_on_failure(journal):
+        for chunk, x in _chunk_stream(inv, chunks, n, capacity, threads):
+            parts = products(x, chunk)
+            if not products.finite(parts):
+                parts = _products_without_nonfinite(inv, chunk, x, products, grams)
+            add_parts(sums, parts)
+            if journal is not None and chunk.row_stop == chunk.spec.n_rows:  # the tensor's last chunk
+                tensor_finished(journal, chunk, sums, grams, products.to_numpy)
+            if on_bytes is not None:
+                on_bytes(chunk_bytes(inv, chunk))
     return finish_gramset(grams, inv, segments, sums, products.to_numpy)
+
+
+def resume_from(journal: PassJournal | None, grams: GramSet) -> dict:
+    """The leaf sums (and NaN/Inf counts, into `grams`) of the tensors an earlier pass finished."""
+    sums: dict[str, object] = {}
+    for tensor, (leaves, nonfinite) in (journal.done.items() if journal else ()):
+        sums.update(leaves)
+        if nonfinite:
+            grams.nonfinite[tensor] = dict(nonfinite)
+    return sums
+
+
+def tensor_finished(journal: PassJournal, chunk: _Chunk, sums: dict, grams: GramSet, to_numpy) -> None:
+    """Hand the journal the Grams of the tensor whose last chunk `chunk` was."""
+    leaves = dict.fromkeys(leaf for _, _, leaf in chunk.segment.ranges)
+    journal.finished(chunk.spec.name, {leaf: sums[leaf] for leaf in leaves}, grams.nonfinite.get(chunk.spec.name, {}),
+                     to_numpy)
+
+
+@contextlib.contextmanager
+def kept_on_failure(journal: PassJournal | None) -> Iterator[None]:
+    """Whatever stops the pass (an error, Ctrl-C), the tensors finished so far are written first."""
+    try:
+        yield
+    except BaseException:
+        if journal is not None:
+            with contextlib.suppress(DataError):  # the journal cannot be written: the first error stands
+                journal.flush()
+        raise
 
 
 def add_parts(sums: dict, parts: dict) -> None:

@@ -39,6 +39,17 @@ def _segment_json(segment: Segment) -> dict:
     return {"axis": segment.axis, "ranges": [list(r) for r in segment.ranges]}
 
 
+def pass_plan(inv: Inventory, segments: dict[str, Segment]) -> dict:
+    """What a pass's Grams depend on: the checkpoints (their files as found now), the analysed
+    tensors and how each is cut into leaves."""
+    return {
+        "labels": [c.name for c in inv.checkpoints],
+        "identities": identities(inv),
+        "tensors": [{"name": t.name, "shape": list(t.shape)} for t in inv.tensors],
+        "segments": {t.name: _segment_json(segments.get(t.name) or whole_segment(t)) for t in inv.tensors},
+    }
+
+
 def save_grams(path: Path, inv: Inventory, grams: GramSet, segments: dict[str, Segment]) -> None:
     """Write the Gram set atomically (temp file + rename)."""
     from trajcli.report.writers import OutputSet
@@ -47,10 +58,8 @@ def save_grams(path: Path, inv: Inventory, grams: GramSet, segments: dict[str, S
     meta = {
         "format": STORE_FORMAT,
         "trajcli_version": __version__,
+        **pass_plan(inv, segments),
         "labels": grams.labels,
-        "identities": identities(inv),
-        "tensors": [{"name": t.name, "shape": list(t.shape)} for t in inv.tensors],
-        "segments": {t.name: _segment_json(segments.get(t.name) or whole_segment(t)) for t in inv.tensors},
         "leaves": leaves,
         "tensor_of": grams.tensor_of,
         "n_params": grams.n_params,

@@ -1,0 +1,142 @@
+"""A pass that can be resumed. Over an LLM's revisions a pass takes hours (Pythia-12B: 154
+checkpoints, 3.7 TB); an interruption should not cost all of them.
+
+With `--out DIR`, the leaf Grams of the tensors a pass has finished are kept in `DIR/.trajcli-pass/`:
+every FLUSH_EVERY_S seconds, and when the pass stops on an error or an interruption, those finished
+since the last write go into one more `part-K.npz` (written atomically), beside `plan.json`, which
+records what they belong to: the checkpoints' files (path, size, mtime), the analysed tensors and
+how each is cut into leaves. The next pass with that very plan reads them back and reads only the
+other tensors from the checkpoints; their Grams are the ones the interrupted pass computed, bit for
+bit. The folder is removed once a pass is complete and its Grams are saved in `grams.npz`; a pass
+with another plan (other checkpoints, selection or cut), or with --recompute, starts over and
+replaces it. A pass shorter than FLUSH_EVERY_S that ends normally never writes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from trajcli.errors import DataError
+
+JOURNAL_DIR = ".trajcli-pass"
+JOURNAL_FORMAT = 1
+FLUSH_EVERY_S = 30.0
+_PLAN = "plan.json"
+
+
+class PassJournal:
+    """The finished tensors of one pass plan: `done` (read back from an earlier pass) and those this
+    pass finishes (`finished`, written by `flush`)."""
+
+    def __init__(self, folder: Path, plan: dict, every_s: float = FLUSH_EVERY_S):
+        self.folder = folder
+        self.plan = json.loads(json.dumps(plan))  # as it reads back from plan.json (tuples: lists)
+        self.every_s = every_s
+        self.done: dict[str, tuple[dict[str, np.ndarray], dict[int, int]]] = {}  # tensor -> (leaf -> Gram, bad counts)
+        self._pending: dict[str, tuple[dict[str, tuple], dict[int, int]]] = {}  # tensor -> (leaf -> (Gram, to_numpy), …)
+        self._last_flush = time.monotonic()
+        self._next_part = 0
+        self.n_kept = 0  # tensors on disk: read back, or written by this pass
+
+    @classmethod
+    def open(cls, out_dir: Path, plan: dict, fresh: bool = False, every_s: float = FLUSH_EVERY_S) -> PassJournal:
+        """The journal of `plan` in `out_dir`: what an earlier pass with the same plan finished,
+        unless `fresh`; anything else found there is removed."""
+        journal = cls(out_dir / JOURNAL_DIR, plan, every_s)
+        if not fresh:
+            journal._read()
+        if not journal.done:
+            journal.remove()
+        return journal
+
+    def _read(self) -> None:
+        try:
+            saved = json.loads((self.folder / _PLAN).read_text())
+        except (OSError, ValueError):
+            return
+        if saved != {"format": JOURNAL_FORMAT, **self.plan}:
+            return
+        parts = sorted(self.folder.glob("part-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
+        for path in parts:
+            self._next_part = int(path.stem.split("-")[1]) + 1
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    meta = json.loads(str(data["meta"]))
+                    for tensor, entry in meta.items():
+                        grams = {leaf: data[f"g{i}"] for leaf, i in entry["leaves"].items()}
+                        if self._fits(tensor, grams):
+                            self.done[tensor] = (grams, {int(k): c for k, c in entry["nonfinite"].items()})
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                continue  # an unreadable part (cut short, say): its tensors are read again
+        self.n_kept = len(self.done)
+
+    def _fits(self, tensor: str, grams: dict[str, np.ndarray]) -> bool:
+        """Whether a kept tensor has the plan's leaves, each an N × N float64 Gram."""
+        segment = self.plan["segments"].get(tensor)
+        n = len(self.plan["labels"])
+        return (segment is not None and set(grams) == {leaf for _, _, leaf in segment["ranges"]}
+                and all(g.shape == (n, n) and g.dtype == np.float64 for g in grams.values()))
+
+    def finished(self, tensor: str, grams: dict, nonfinite: dict[int, int], to_numpy=np.asarray) -> None:
+        """`tensor` is complete: its leaves' basis Grams (kept by reference: the pass no longer
+        changes them; `to_numpy` makes arrays of them when they are written, e.g. from a device) and
+        its NaN/Inf counts per checkpoint; written at the next flush."""
+        self._pending[tensor] = ({leaf: (gram, to_numpy) for leaf, gram in grams.items()}, dict(nonfinite))
+        if time.monotonic() - self._last_flush >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the tensors finished since the last flush (one part file, renamed into place whole)."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        arrays: dict[str, np.ndarray] = {}
+        meta = {}
+        for tensor, (grams, nonfinite) in self._pending.items():
+            leaves = {}
+            for leaf, (gram, to_numpy) in grams.items():
+                leaves[leaf] = len(arrays)
+                arrays[f"g{len(arrays)}"] = np.asarray(to_numpy(gram), dtype=np.float64)
+            meta[tensor] = {"leaves": leaves, "nonfinite": {str(k): c for k, c in nonfinite.items()}}
+        tmp = None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if not (self.folder / _PLAN).is_file():
+                _write_atomic(self.folder / _PLAN, json.dumps({"format": JOURNAL_FORMAT, **self.plan}).encode())
+            fd, tmp = tempfile.mkstemp(prefix=".part.", suffix=".tmp", dir=self.folder)
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+            os.replace(tmp, self.folder / f"part-{self._next_part}.npz")
+        except BaseException as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise DataError(f"cannot write the pass journal in {self.folder}: {exc.strerror or exc}",
+                                "free some space there, or pass --out elsewhere") from None
+            raise
+        self._next_part += 1
+        self.n_kept += len(self._pending)
+        self._pending.clear()
+
+    def remove(self) -> None:
+        """Forget it (the pass is complete, or starts over)."""
+        self._pending.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
