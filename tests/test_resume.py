@@ -244,6 +244,28 @@ def test_sigterm_mid_pass_keeps_the_finished_tensors(tmp_path):
     inv.close()
 
 
+def test_stopped_while_saving_the_grams_keeps_the_whole_pass(tmp_path, monkeypatch):
+    """The pass is complete but grams.npz is not yet written: every tensor is kept, none read again."""
+    _write(tmp_path / "run")
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr("trajcli.engine.store.save_grams", _raise(KeyboardInterrupt))
+        stopped = run(["similarity", tmp_path / "run", "--out", out])
+    assert stopped.exit_code == 130 and "6 of 6 tensors are read and kept" in stopped.stderr
+    with monkeypatch.context() as patch:
+        reads = _reads(patch)
+        resumed = run(["similarity", tmp_path / "run", "--out", out])
+    assert resumed.exit_code == 0 and "6 of 6 tensors were read before" in resumed.stderr and reads == []
+    assert (out / "grams.npz").is_file() and not (out / JOURNAL_DIR).exists()
+
+
+def _raise(exc):
+    def raising(*args, **kwargs):
+        raise exc()
+
+    return raising
+
+
 def test_a_quick_pass_writes_no_journal(tmp_path, monkeypatch):
     """Parts are written every 30 s: a pass that ends sooner, and well, never touches the disk for it."""
     _write(tmp_path / "run")

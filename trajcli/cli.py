@@ -6,6 +6,7 @@ progress go to stderr. Exit codes: 0 success, 1 bad data or a failed run, 2 bad 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 import os
@@ -16,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from trajcli import __version__
-from trajcli.errors import TrajcliError, UsageError
+from trajcli.errors import DataError, TrajcliError, UsageError
 from trajcli.launch import main  # noqa: F401 - the entry point, importable from here too
 
 app = typer.Typer(
@@ -208,7 +209,6 @@ def similarity(
       trajcli similarity pythia-160m/ --every 4 --json | jq .mds
     """
     from trajcli.analysis import similarity_result
-    from trajcli.errors import DataError
     from trajcli.report import render
 
     _check_choice(mode, "--mode", _modes())
@@ -309,13 +309,17 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
             try:
                 grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
                                         scheduler=options.scheduler, workers=options.workers, journal=journal)
+                if out_dir is not None:
+                    save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
             except BaseException:
-                if journal is not None and journal.n_kept and not options.quiet:
-                    typer.echo(f"trajcli: {journal.n_kept} of {len(inv.tensors)} tensors are read and kept in "
-                               f"{journal.folder}: the same command goes on from there", err=True)
+                if journal is not None:
+                    with contextlib.suppress(DataError):  # stopped while saving: the pass is kept all the same
+                        journal.flush()
+                    if journal.n_kept and not options.quiet:
+                        typer.echo(f"trajcli: {journal.n_kept} of {len(inv.tensors)} tensors are read and kept in "
+                                   f"{journal.folder}: the same command goes on from there", err=True)
                 raise
-            if out_dir is not None:
-                save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
+            if journal is not None:
                 journal.remove()
     finally:
         inv.close()
@@ -360,7 +364,6 @@ def layers(
     """
     from trajcli.analysis import Architecture, detect_architecture, layers_result
     from trajcli.arch.grouping import plan_layers
-    from trajcli.errors import DataError
     from trajcli.report import render
 
     _check_choice(by, "--by", ("tensor", "block", "role"))
@@ -430,7 +433,6 @@ def qkv(
     """
     from trajcli.analysis import detect_architecture, qkv_result
     from trajcli.arch.grouping import plan_qkv
-    from trajcli.errors import DataError
     from trajcli.report import render
 
     _check_choice(mode, "--mode", _modes())
