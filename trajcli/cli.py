@@ -6,7 +6,6 @@ progress go to stderr. Exit codes: 0 success, 1 bad data or a failed run, 2 bad 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 import os
@@ -269,7 +268,7 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
     later); the result is (inventory, Gram set, output folder or None, that second item)."""
     from trajcli.engine.budget import available_memory_bytes, parse_budget
     from trajcli.engine.gram import resolve_device
-    from trajcli.engine.journal import PassJournal
+    from trajcli.engine.journal import PassJournal, kept_on_failure
     from trajcli.engine.store import GRAMS_FILE, load_grams, pass_plan, save_grams
     from trajcli.pipeline import load_inventory, read_trajectory
     from trajcli.report import render
@@ -307,17 +306,15 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
                                f"tensors were read before (kept in {journal.folder}; --recompute reads them again)",
                                err=True)
             try:
-                grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
-                                        scheduler=options.scheduler, workers=options.workers, journal=journal)
-                if out_dir is not None:
-                    save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
+                with kept_on_failure(journal):  # stopped while saving too: the whole pass is kept
+                    grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
+                                            scheduler=options.scheduler, workers=options.workers, journal=journal)
+                    if out_dir is not None:
+                        save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
             except BaseException:
-                if journal is not None:
-                    with contextlib.suppress(DataError):  # stopped while saving: the pass is kept all the same
-                        journal.flush()
-                    if journal.n_kept and not options.quiet:
-                        typer.echo(f"trajcli: {journal.n_kept} of {len(inv.tensors)} tensors are read and kept in "
-                                   f"{journal.folder}: the same command goes on from there", err=True)
+                if journal is not None and journal.n_kept and not options.quiet:
+                    typer.echo(f"trajcli: {journal.n_kept} of {len(inv.tensors)} tensors are read and kept in "
+                               f"{journal.folder}: the same command goes on from there", err=True)
                 raise
             if journal is not None:
                 journal.remove()

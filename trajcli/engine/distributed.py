@@ -20,8 +20,8 @@ import numpy as np
 from trajcli.arch.grouping import Segment
 from trajcli.engine.gram import (DEFAULT_MEMORY_BUDGET, GramSet, _Chunk, _difference_in_place, _NumpyProducts,
                                  _plan_chunks, _products_without_nonfinite, _read_chunk, add_parts, chunk_bytes,
-                                 chunk_elems_for, finish_gramset, kept_on_failure, resume_from, tensor_finished)
-from trajcli.engine.journal import PassJournal
+                                 chunk_elems_for, finish_gramset, resume_from, tensor_finished)
+from trajcli.engine.journal import PassJournal, kept_on_failure
 from trajcli.errors import DataError, UsageError
 from trajcli.io.discover import Checkpoint
 from trajcli.io.inventory import Inventory

@@ -11,7 +11,6 @@ product per chunk serves all three modes, any reference and any grouping of tens
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trajcli.arch.grouping import Segment, whole_segment
-from trajcli.engine.journal import PassJournal
-from trajcli.errors import DataError, UsageError
+from trajcli.engine.journal import PassJournal, kept_on_failure
+from trajcli.errors import UsageError
 from trajcli.io.inventory import Inventory, TensorSpec
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024 * 1024
@@ -180,18 +179,6 @@ def tensor_finished(journal: PassJournal, chunk: _Chunk, sums: dict, grams: Gram
     leaves = dict.fromkeys(leaf for _, _, leaf in chunk.segment.ranges)
     journal.finished(chunk.spec.name, {leaf: sums[leaf] for leaf in leaves}, grams.nonfinite.get(chunk.spec.name, {}),
                      to_numpy)
-
-
-@contextlib.contextmanager
-def kept_on_failure(journal: PassJournal | None) -> Iterator[None]:
-    """Whatever stops the pass (an error, Ctrl-C), the tensors finished so far are written first."""
-    try:
-        yield
-    except BaseException:
-        if journal is not None:
-            with contextlib.suppress(DataError):  # the journal cannot be written: the first error stands
-                journal.flush()
-        raise
 
 
 def add_parts(sums: dict, parts: dict) -> None:

@@ -13,12 +13,12 @@ replaces it. A pass shorter than FLUSH_EVERY_S that ends normally never writes i
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import shutil
-import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -105,22 +105,18 @@ class PassJournal:
                 leaves[leaf] = len(arrays)
                 arrays[f"g{len(arrays)}"] = np.asarray(to_numpy(gram), dtype=np.float64)
             meta[tensor] = {"leaves": leaves, "nonfinite": {str(k): c for k, c in nonfinite.items()}}
-        tmp = None
+        from trajcli.report.writers import OutputSet
+
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            if not (self.folder / _PLAN).is_file():
-                _write_atomic(self.folder / _PLAN, json.dumps({"format": JOURNAL_FORMAT, **self.plan}).encode())
-            fd, tmp = tempfile.mkstemp(prefix=".part.", suffix=".tmp", dir=self.folder)
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-            os.replace(tmp, self.folder / f"part-{self._next_part}.npz")
-        except BaseException as exc:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise DataError(f"cannot write the pass journal in {self.folder}: {exc.strerror or exc}",
-                                "free some space there, or pass --out elsewhere") from None
-            raise
+            with OutputSet(self.folder) as files:  # hidden temp files, renamed into place whole
+                if not (self.folder / _PLAN).is_file():
+                    files.text(_PLAN, json.dumps({"format": JOURNAL_FORMAT, **self.plan}))
+                with open(files.path_for(f"part-{self._next_part}.npz"), "wb") as f:
+                    np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        except OSError as exc:
+            raise DataError(f"cannot write the pass journal in {self.folder}: {exc.strerror or exc}",
+                            "free some space there, or pass --out elsewhere") from None
         self._next_part += 1
         self.n_kept += len(self._pending)
         self._pending.clear()
@@ -131,12 +127,15 @@ class PassJournal:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+@contextlib.contextmanager
+def kept_on_failure(journal: PassJournal | None) -> Iterator[None]:
+    """Whatever stops the block (an error, Ctrl-C), the tensors finished so far are written first;
+    when they cannot be, the first error stands."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        yield
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if journal is not None:
+            with contextlib.suppress(DataError):
+                journal.flush()
         raise
