@@ -27,7 +27,7 @@ def test_similarity_summary_on_stdout_and_files_with_out(run_dir, tmp_path):
     result = run(["similarity", folder, "--mode", "displacement", "--out", out])
     assert result.exit_code == 0, result.stderr
     assert "MDS ω" in result.stdout and "reference step0" in result.stdout
-    assert result.stderr == ""
+    assert "warning" not in result.stderr and "error" not in result.stderr, result.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["grams.npz", "similarity.csv", "similarity.json", "similarity.npy", "similarity.png"]
     doc = json.loads((out / "similarity.json").read_text())
@@ -196,3 +196,44 @@ def test_matrix_csv_quotes_labels_and_leaves_undefined_entries_blank():
     back = np.array([[float(v) if v else np.nan for v in r] for r in cells])
     finite = np.isfinite(matrix)
     assert np.array_equal(back[finite].view(np.int64), matrix[finite].view(np.int64))
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(run_dir):
+    """A log file or a batch job gets plain progress lines (start, every few seconds, end); -q none."""
+    import subprocess
+    import sys
+
+    folder, _, _ = run_dir
+    cmd = [sys.executable, "-m", "trajcli", "similarity", str(folder), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("trajcli: reading: ")]
+    assert len(lines) == 2, done.stderr
+    assert lines[0].endswith("to go") and " done in " in lines[1]
+    quiet = subprocess.run([*cmd, "-q"], capture_output=True, text=True, check=True)
+    assert quiet.stderr == ""
+    assert json.loads(done.stdout) == json.loads(quiet.stdout)
+
+
+def test_progress_lines_every_interval_with_done_total_and_rate():
+    import io
+
+    from trajcli.pipeline import ProgressLines
+
+    stream = io.StringIO()
+    lines = ProgressLines("reading", 3 << 20, "bytes", stream, every_s=0.0)
+    lines.advance(1 << 20)
+    lines.advance(1 << 20)
+    lines.advance(1 << 20)
+    lines.close()
+    said = stream.getvalue().splitlines()
+    assert said[0] == "trajcli: reading: 3.0 MiB to go"
+    assert said[1].startswith("trajcli: reading: 1.0 MiB of 3.0 MiB (33%), ") and said[1].endswith("/s")
+    assert said[2].startswith("trajcli: reading: 2.0 MiB of 3.0 MiB (67%), ")
+    assert said[3].startswith("trajcli: reading: 3.0 MiB done in ") and len(said) == 4
+    counted = io.StringIO()
+    items = ProgressLines("curvature", 4, "checkpoints", counted, every_s=3600.0)
+    items.advance(1)
+    items.close()
+    assert counted.getvalue().splitlines() == ["trajcli: curvature: 4 checkpoints to go",
+                                               counted.getvalue().splitlines()[1]]
+    assert counted.getvalue().splitlines()[1].startswith("trajcli: curvature: 1 checkpoints done in ")

@@ -457,3 +457,29 @@ def test_a_two_checkpoint_report_says_only_what_trajcli_says_on_stderr(tmp_path)
     assert lines and all(line.startswith("trajcli: ") for line in lines), proc.stderr
     assert not any("no direction" in line for line in lines)  # one vector per map: nothing is undefined
     assert (tmp_path / "out" / "layers_role_mds.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_each_analysis_is_on_disk_before_the_curvature_is_measured(tmp_path, monkeypatch):
+    """A long report shows the pass's results while the curvature runs; a failure then leaves them
+    (complete files only: no temp file, no report.html that would claim the whole)."""
+    from trajcli import cli
+    from trajcli.errors import DataError
+
+    write_trajectory("gpt_neox", tmp_path / "run", n=3, seed=2)
+    seen = []
+
+    def measured_later(*args, **kwargs):
+        seen.extend(sorted(p.name for p in (tmp_path / "out").iterdir()))
+        raise DataError("stopped here by the test", "")
+
+    monkeypatch.setattr(cli, "_measure_curvature", measured_later)
+    (tmp_path / "tokens.npy").write_bytes(b"")
+    result = run(["report", tmp_path / "run", "--out", tmp_path / "out", "--data", tmp_path / "tokens.npy"])
+    assert result.exit_code == 1 and "stopped here by the test" in result.stderr
+    for stem in ("similarity_raw", "similarity_displacement", "similarity_update", "layers_block", "layers_role",
+                 "dynamics", "qkv"):
+        assert f"{stem}.json" in seen, (stem, seen)
+    assert "similarity_raw.png" in seen and "qkv_mds.png" in seen
+    assert "report.html" not in seen and not any(n.endswith(".tmp") for n in seen)
+    left = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert left == seen

@@ -588,6 +588,8 @@ def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_
         if curvature is not None:
             from trajcli.analysis import curvature_headline
 
+            report.publish()  # the pass's results are on disk while the curvature is measured
+
             result["curvature"], _, warnings = _measure_curvature(paths, selection, curvature, lr, lr_file,
                                                                   options.quiet)
             result["warnings"] += warnings  # on the page and in report.json with the others

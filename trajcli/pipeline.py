@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Iterator
 
 from trajcli.engine.gram import GramSet, accumulate, itemsize
@@ -18,12 +19,55 @@ def load_inventory(paths: list[str], selection: Selection, min_checkpoints: int 
     return take_inventory(discover_checkpoints(paths, stdin_text), selection, min_checkpoints)
 
 
+PROGRESS_EVERY_S = 10.0  # how often a progress line is written when stderr is not a terminal
+
+
+def _amount(n: float, unit: str) -> str:
+    if unit != "bytes":
+        return f"{n:g} {unit}"
+    for size, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= size:
+            return f"{n / size:.1f} {name}"
+    return f"{n:g} B"
+
+
+class ProgressLines:
+    """Progress as plain lines on a stream that is not a terminal (a log file, nohup, a batch job):
+    one when the phase starts, one every `every_s` seconds (done/total, percent, rate), one at the end."""
+
+    def __init__(self, what: str, total: int, unit: str, stream, every_s: float = PROGRESS_EVERY_S):
+        self.what, self.total, self.unit, self.stream, self.every_s = what, total, unit, stream, every_s
+        self.done = 0
+        self.start = self.last = time.monotonic()
+        self._say(f"{self.what}: {_amount(total, unit)} to go")
+
+    def _say(self, text: str) -> None:
+        print(f"trajcli: {text}", file=self.stream, flush=True)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every_s and self.done < self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            self._say(f"{self.what}: {_amount(self.done, self.unit)} of {_amount(self.total, self.unit)} "
+                      f"({100 * self.done / max(self.total, 1):.0f}%), {_amount(rate, self.unit)}/s")
+
+    def close(self) -> None:
+        self._say(f"{self.what}: {_amount(self.done, self.unit)} done in {time.monotonic() - self.start:.1f} s")
+
+
 @contextlib.contextmanager
 def progress_bar(total: int, quiet: bool, what: str = "reading", unit: str = "bytes") -> Iterator:
-    """A progress bar on stderr (bytes read and throughput, or items done), only when stderr is a
-    terminal and not --quiet; yields `advance(n)` or None."""
-    if quiet or not sys.stderr.isatty():
+    """Progress on stderr, unless --quiet: a live bar (bytes read and throughput, or items done) on a
+    terminal, plain lines every few seconds elsewhere (`ProgressLines`); yields `advance(n)` or None."""
+    if quiet:
         yield None
+        return
+    if not sys.stderr.isatty():
+        lines = ProgressLines(what, total, unit, sys.stderr)
+        yield lines.advance
+        lines.close()
         return
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TimeRemainingColumn,

@@ -372,9 +372,10 @@ def _add_report_part(files: OutputSet, result: dict, part: str, plot_format: str
 
 class ReportWriter:
     """`trajcli report`'s files, written part by part as the analyses are ready (`add`), so that one
-    part's figures are drawn while the next part is computed; `finish` adds report.json and the
-    self-contained report.html and commits every file together. Leaving the `with` block by an
-    exception leaves the folder as it was. The page embeds the PNG or SVG plots; with --format pdf it
+    part's figures are drawn while the next part is computed; each part's files are renamed into
+    place once complete (`publish`, at the next `add`), and `finish` adds report.json and the
+    self-contained report.html. Leaving the `with` block by an exception removes what was not yet
+    published; no file is ever half-written. The page embeds the PNG or SVG plots; with --format pdf it
     embeds PNG twins drawn for it alone."""
 
     def __init__(self, out: Path, plot_format: str = "png"):
@@ -398,10 +399,17 @@ class ReportWriter:
 
     def add(self, result: dict, part: str) -> None:
         """The files of `result[part]` (similarity, layers_block, layers_role, dynamics, qkv or
-        curvature), its figures sent to be drawn."""
+        curvature), its figures sent to be drawn; the parts added before are published first (their
+        figures were drawn while this part was computed)."""
+        self.publish()
         self.written += _add_report_part(self.files, result, part, self.plot_format)
         if self._twin is not None:
             self._twin_names += _add_report_part(self._twin, result, part, "png")
+
+    def publish(self) -> None:
+        """Every part added so far, its figures drawn, renamed into place: a long report shows each
+        analysis' files as soon as they are complete."""
+        self.files.commit()
 
     def finish(self, result: dict) -> tuple[dict, list[Path]]:
         from trajcli.analysis import REPORT_SCHEMA

@@ -123,14 +123,16 @@ def _umask() -> int:
 
 
 class OutputSet:
-    """Files to write together: each goes to a hidden temp file first and all are renamed at the end,
-    so an error or an interruption leaves the folder as it was (no half-written results)."""
+    """Files to write together: each goes to a hidden temp file first and is renamed into place at
+    `commit`, so an error or an interruption never leaves a half-written result; what was not
+    committed yet is removed."""
 
     def __init__(self, out: Path):
         self.out = out
         self._pending: list[tuple[Path, Path]] = []
         self._jobs: list[tuple] = []  # plots to draw here at `flush` (no drawing process runs)
         self._sent: list[int] = []  # plots sent to the drawing process, not yet waited for
+        self._committed: set[str] = set()
 
     def _temp(self, name: str) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out)
@@ -175,14 +177,18 @@ class OutputSet:
         self._sent.clear()
 
     def written(self, name: str) -> bytes:
-        """What has been written so far under `name` (before commit)."""
+        """What has been written so far under `name` (committed or not)."""
         self.flush()
         for tmp, final in self._pending:
             if final.name == name:
                 return tmp.read_bytes()
+        if name in self._committed:
+            return (self.out / name).read_bytes()
         raise KeyError(name)
 
     def commit(self) -> list[Path]:
+        """Every file asked for so far, complete, renamed into place (may be called more than once:
+        each call publishes what came since the last)."""
         try:
             self.flush()
         except BaseException:
@@ -192,6 +198,7 @@ class OutputSet:
         for tmp, final in self._pending:
             os.replace(tmp, final)
             done.append(final)
+            self._committed.add(final.name)
         self._pending.clear()
         return done
 
