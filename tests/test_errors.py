@@ -292,3 +292,45 @@ def test_fuzzed_files_fail_cleanly(tmp_path_factory, fuzz_sources, target, data)
         json.loads(result.stdout)  # a mutation that keeps the file valid is just other numbers
     else:
         _assert_one_error(result, 1)
+
+
+def test_python_m_trajcli_beside_a_clone_named_trajcli_says_what_hides_it(tmp_path):
+    """`python -m trajcli` in the folder that holds a clone named trajcli: the clone's root (no
+    __init__.py) shadows an editable install; one line says so instead of an ImportError traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "trajcli" / "trajcli").mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-m", "trajcli", "--version"], cwd=tmp_path, capture_output=True, text=True)
+    assert "Traceback" not in done.stderr
+    if done.returncode == 0:  # a regular (non-editable) install is found before a namespace folder
+        assert done.stdout.startswith("trajcli ")
+    else:
+        assert done.returncode == 2 and f"the folder {tmp_path / 'trajcli'} hides the installed" in done.stderr
+
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_a_stop_while_trajcli_starts_up_exits_130_with_one_line(monkeypatch, capsys, stop):
+    """SIGTERM or Ctrl-C while the modules still load (before any command runs) ends as later:
+    exit 130 and one line, not 143 or a KeyboardInterrupt traceback."""
+    import gc
+
+    from trajcli import launch
+
+    def loading():
+        if stop == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal: the handler main() set raises at once
+            time.sleep(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "_run", loading)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            launch.main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        gc.unfreeze()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "trajcli: interrupted\n"

@@ -27,3 +27,12 @@ class UsageError(TrajcliError):
     """The command line asks for something that cannot be done."""
 
     exit_code = 2
+
+
+class Terminated(BaseException):
+    """Raised by trajcli's SIGTERM handler, so that a terminated command cleans up (finally blocks,
+    temp files) and exits 130 as it does for Ctrl-C."""
+
+
+def raise_terminated(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise Terminated
