@@ -237,3 +237,41 @@ def test_progress_lines_every_interval_with_done_total_and_rate():
     assert counted.getvalue().splitlines() == ["trajcli: curvature: 4 checkpoints to go",
                                                counted.getvalue().splitlines()[1]]
     assert counted.getvalue().splitlines()[1].startswith("trajcli: curvature: 1 checkpoints done in ")
+
+
+def test_a_map_near_one_is_drawn_as_one_minus_cosine_on_a_log_scale(tmp_path, monkeypatch):
+    """A fine-tune's raw map (every cosine 0.9999…) is one solid colour on [-1, 1]: it is drawn as
+    1 − cos on a log scale instead, said in the title; ordinary maps keep the fixed scale."""
+    from matplotlib.colors import LogNorm
+
+    from trajcli.report import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, fmt: drawn.append(fig))
+    near = 1 - np.array([[0.0, 2e-6, 5e-5], [2e-6, 0.0, 1e-6], [5e-5, 1e-6, 0.0]])
+    far = np.array([[1.0, 0.5, -0.2], [0.5, 1.0, 0.99995], [-0.2, 0.99995, 1.0]])
+    assert plots.near_one([near]) and not plots.near_one([far]) and not plots.near_one([near, far])
+    assert not plots.near_one([np.array([[1.0]])])  # no pair: nothing to show either way
+    plots.trajectory_map(tmp_path / "a.png", near, ["a", "b", "c"], "map")
+    plots.trajectory_map(tmp_path / "b.png", far, ["a", "b", "c"], "map")
+    plots.map_grid(tmp_path / "c.png", [("g1", near), ("g2", near)], "grid")
+    log_ax, plain_ax, grid_ax = (fig.axes[0] for fig in drawn)
+    assert "1 − cosine, log scale" in log_ax.get_title() and isinstance(log_ax.images[0].norm, LogNorm)
+    assert log_ax.images[0].norm.vmin == pytest.approx(1e-6) and log_ax.images[0].norm.vmax == pytest.approx(5e-5)
+    assert "log scale" not in plain_ax.get_title() and plain_ax.images[0].norm.vmin == -1.0
+    assert "1 − cosine, log scale" in grid_ax.get_title() and isinstance(grid_ax.images[0].norm, LogNorm)
+
+
+def test_mds_near_one_is_printed_with_the_digits_that_tell_it_from_one(tmp_path):
+    from trajcli.report.render import _fmt
+
+    assert _fmt(0.99998765) == "0.9999877" and _fmt(0.5) == "0.5000" and _fmt(1.0) == "1.0000"
+    assert _fmt(0.9994) == "0.999400" and _fmt(None) == "—"
+    sds = random_trajectory(4, seed=2, step_scale=1e-4)
+    for k, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
+    doc = run_json(["similarity", tmp_path / "run"])
+    assert 0.999 < doc["mds"] < 1
+    line = next(ln for ln in run(["similarity", tmp_path / "run"]).stdout.splitlines() if ln.startswith("MDS ω"))
+    shown = line.split()[2]
+    assert shown != "1.0000" and float(shown) == pytest.approx(doc["mds"], abs=10 ** -(len(shown) - 2))

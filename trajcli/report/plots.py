@@ -76,22 +76,61 @@ def _legend(ax, **kwargs) -> None:
         ax.legend(**kwargs)
 
 
+NEAR_ONE = 1e-3  # a map whose off-diagonal entries all lie this close to 1 is drawn as 1 − cos, log scale
+
+
+def near_one(matrices: list[np.ndarray]) -> bool:
+    """Whether every defined off-diagonal entry of every map lies within NEAR_ONE of 1 (a fine-tune's
+    raw map, say): on the [-1, 1] scale such a map is one solid colour."""
+    found = False
+    for m in matrices:
+        off = m[~np.eye(m.shape[0], dtype=bool)]
+        off = off[np.isfinite(off)]
+        if off.size and (off < 1 - NEAR_ONE).any():
+            return False
+        found = found or off.size > 0
+    return found
+
+
+def _map_image(ax, plt, matrix: np.ndarray, near: bool, bad: str, square: bool = True):
+    """The map on [-1, 1], or — `near` — its distance from 1 on a log scale (the diagonal of a
+    `square` map left blank: it is 1 by definition)."""
+    if not near:
+        cmap = plt.get_cmap("RdBu_r").with_extremes(bad=bad)
+        return ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
+    from matplotlib.colors import LogNorm
+
+    gap = 1.0 - matrix
+    if square:
+        gap = np.where(np.eye(gap.shape[0], dtype=bool), np.nan, gap)
+    positive = gap[np.isfinite(gap) & (gap > 0)]
+    floor = positive.min() if positive.size else 1e-16
+    gap = np.where(np.isfinite(gap), np.maximum(gap, floor), np.nan)  # cosine exactly 1: the smallest shown
+    cmap = plt.get_cmap("viridis_r").with_extremes(bad=bad)
+    top = max(np.nanmax(gap), floor * 10) if np.isfinite(gap).any() else 1.0
+    return ax.imshow(np.ma.masked_invalid(gap), cmap=cmap, norm=LogNorm(vmin=floor, vmax=top),
+                     interpolation="nearest")
+
+
 def trajectory_map(path: Path, matrix: np.ndarray, tick_labels: list[str], title: str, fmt: str = "png") -> None:
     """Heatmap of a trajectory map: checkpoints in training order, cosine on a fixed [-1, 1] scale
-    (undefined entries grey), a colour bar and the MDS in the title."""
+    (undefined entries grey), a colour bar and the MDS in the title; a map whose entries all lie
+    within 1e-3 of 1 is drawn as 1 − cos on a log scale, said in the title."""
     plt = _pyplot()
     n = matrix.shape[0]
     size = min(9.0, 3.5 + 0.12 * n)
     fig, ax = plt.subplots(figsize=(size + 1.2, size), dpi=DPI)
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#bbbbbb")
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
+    near = near_one([matrix])
+    image = _map_image(ax, plt, matrix, near, "#bbbbbb")
+    if near:
+        title += "\n1 − cosine, log scale: every entry lies within 1e-3 of 1"
     ticks = even_picks(n, 20)
     ax.set_xticks(ticks, [tick_labels[i] for i in ticks], rotation=60, ha="right", fontsize=8)
     ax.set_yticks(ticks, [tick_labels[i] for i in ticks], fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("checkpoint (step)", fontsize=9)
     ax.set_ylabel("checkpoint (step)", fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="1 − cosine similarity" if near else "cosine similarity")
     _save(fig, path, fmt)
 
 
@@ -135,11 +174,19 @@ def map_grid(path: Path, maps: list[tuple[str, np.ndarray]], title: str, fmt: st
         mosaic[top: top + matrix.shape[0], left: left + matrix.shape[1]] = matrix
         ax.text(left + n / 2, top - 0.6, name if len(name) <= 24 else "…" + name[-23:], ha="center", va="bottom",
                 fontsize=6, in_layout=False)  # inside the image: no margin to make for it
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="white")
-    image = ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    near = near_one([m for _, m in maps])
+    if near:
+        title += "\n1 − cosine, log scale: every entry lies within 1e-3 of 1"
+        for i, (_, matrix) in enumerate(maps):  # the diagonal carries nothing here: blank
+            r, c = divmod(i, cols)
+            top, left = r * tile_h + (tile_h - n - gap), c * (n + gap)
+            k = np.arange(matrix.shape[0])
+            mosaic[top + k, left + k] = np.nan
+    image = _map_image(ax, plt, mosaic, near, "white", square=False)
     ax.axis("off")
     ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, fraction=0.025, pad=0.02, label="cosine (white: undefined)")
+    label = "1 − cosine (white: undefined)" if near else "cosine (white: undefined)"
+    fig.colorbar(image, ax=ax, fraction=0.025, pad=0.02, label=label)
     _save(fig, path, fmt)
 
 
