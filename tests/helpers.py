@@ -115,9 +115,9 @@ def save_deepspeed(folder: Path, sd: dict, step: int) -> Path:
     return ckpt
 
 
-def save_hub_cache(root: Path, sds: dict[str, dict]) -> Path:
+def save_hub_cache(root: Path, sds: dict[str, dict], repo_id: str = "org/tiny") -> Path:
     """models--org--name/ with blobs, snapshots/<hash>/ (symlinks to blobs) and refs/<revision>."""
-    repo = root / "models--org--tiny"
+    repo = root / ("models--" + repo_id.replace("/", "--"))
     for i, (revision, sd) in enumerate(sds.items()):
         commit = f"{i:040x}"
         blob = repo / "blobs" / f"blob{i}"

@@ -185,6 +185,25 @@ def test_hub_cache_refs_name_the_revisions(tmp_path):
     assert all(os.path.islink(os.path.join(c["path"], "model.safetensors")) for c in doc["checkpoints"])
 
 
+def test_the_hub_cache_root_serves_its_one_model_and_lists_several(tmp_path):
+    """~/.cache/huggingface/hub itself: one model's revisions are the trajectory; with several models,
+    one line names them and the hint shows a folder to pass."""
+    from helpers import run
+
+    sds = random_trajectory(3, seed=6)
+    save_hub_cache(tmp_path, {"step1": sds[0], "step2": sds[1], "step4": sds[2]})
+    (tmp_path / ".locks").mkdir()
+    (tmp_path / "version.txt").write_text("1")
+    doc = run_json(["similarity", tmp_path, "--mode", "update"])
+    assert [c["name"] for c in doc["checkpoints"]] == ["step1", "step2", "step4"]
+    np.testing.assert_allclose(as_array(doc["matrix"]), explicit_matrix(sds, "update"), rtol=0, atol=1e-9)
+    save_hub_cache(tmp_path, {"main": sds[0]}, repo_id="EleutherAI/pythia-14m")
+    result = run(["similarity", tmp_path])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert "is a Hugging Face cache of 2 models (EleutherAI/pythia-14m, org/tiny)" in result.stderr
+    assert f"pass one model's folder, e.g. {tmp_path / 'models--EleutherAI--pythia-14m'}" in result.stderr
+
+
 def test_legacy_non_zip_torch_files_are_read(tmp_path):
     """Files saved before torch 1.6's zip format cannot be mapped; they are read whole, still weights-only."""
     sds = random_trajectory(3, seed=5)

@@ -10,7 +10,6 @@ import numpy as np
 
 from trajcli import __version__
 from trajcli.engine.gram import GramSet
-from trajcli.errors import UsageError
 from trajcli.io.inventory import Inventory
 from trajcli.metrics import trajectory as tm
 
@@ -19,18 +18,6 @@ if TYPE_CHECKING:
     from trajcli.arch.layouts import HeadCounts
 
 SIMILARITY_SCHEMA = "trajcli.similarity/1"
-
-
-def resolve_reference(labels: list[str], steps: list[int | None], reference: str | None) -> int:
-    """The index of `--reference`: a checkpoint name, or a step number; default the first."""
-    if reference is None:
-        return 0
-    if reference in labels:
-        return labels.index(reference)
-    if reference.isdigit() and steps.count(int(reference)) == 1:
-        return steps.index(int(reference))
-    shown = ", ".join(labels[:4]) + (" …" if len(labels) > 4 else "")
-    raise UsageError(f"--reference {reference!r} names no checkpoint of this trajectory", f"use a name ({shown}) or a step")
 
 
 def mode_labels(labels: list[str], mode: str, reference_idx: int) -> list[str]:
@@ -89,11 +76,11 @@ def group_trajectory(basis: np.ndarray, bad: set[int], mode: str, reference_idx:
     }
 
 
-def similarity_result(inv: Inventory, grams: GramSet, mode: str, reference: str | None) -> tuple[dict, np.ndarray, list[str]]:
-    """(the similarity JSON document, the matrix with NaN where undefined, warnings)."""
+def similarity_result(inv: Inventory, grams: GramSet, mode: str) -> tuple[dict, np.ndarray, list[str]]:
+    """(the similarity JSON document, the matrix with NaN where undefined, warnings); the reference is
+    the inventory's (`--reference`)."""
     labels = grams.labels
-    steps = [c.step for c in inv.checkpoints]
-    ref_idx = resolve_reference(labels, steps, reference)
+    ref_idx = inv.reference_idx
     basis, bad = grams.whole()
     result = group_trajectory(basis, bad, mode, ref_idx, labels)
     cos = result.pop("cos")
@@ -116,6 +103,7 @@ def similarity_result(inv: Inventory, grams: GramSet, mode: str, reference: str 
         "schema": SIMILARITY_SCHEMA,
         "trajcli_version": __version__,
         "checkpoints": checkpoints_json(inv),
+        "name_alignment": inv.name_alignment,
         "mode": mode,
         "reference": labels[ref_idx] if mode == "displacement" else None,
         "labels": mode_labels(labels, mode, ref_idx),
@@ -214,12 +202,13 @@ def group_document(grams: GramSet, group, mode: str, ref_idx: int, full: bool = 
     return doc, cos
 
 
-def _common(inv: Inventory, grams: GramSet, mode: str, reference: str | None) -> tuple[dict, int]:
+def _common(inv: Inventory, grams: GramSet, mode: str) -> tuple[dict, int]:
     labels = grams.labels
-    ref_idx = resolve_reference(labels, [c.step for c in inv.checkpoints], reference)
+    ref_idx = inv.reference_idx
     return {
         "trajcli_version": __version__,
         "checkpoints": checkpoints_json(inv),
+        "name_alignment": inv.name_alignment,
         "mode": mode,
         "reference": labels[ref_idx] if mode == "displacement" else None,
         "labels": mode_labels(labels, mode, ref_idx),
@@ -239,9 +228,8 @@ def _undefined_warnings(groups: list[dict]) -> list[str]:
             f"checkpoints): {shown}; the entries involving them are null"]
 
 
-def layers_result(inv: Inventory, grams: GramSet, plan, by: str, mode: str, reference: str | None,
-                  arch: Architecture) -> tuple[dict, dict[str, np.ndarray], list[str]]:
-    head, ref_idx = _common(inv, grams, mode, reference)
+def layers_result(inv: Inventory, grams: GramSet, plan, by: str, mode: str, arch: Architecture) -> tuple[dict, dict[str, np.ndarray], list[str]]:
+    head, ref_idx = _common(inv, grams, mode)
     groups, matrices = [], {}
     for group in plan.groups:
         doc, cos = group_document(grams, group, mode, ref_idx)
@@ -260,9 +248,8 @@ def _rms_difference(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.sqrt(np.mean(d ** 2))) if d.size else None
 
 
-def qkv_result(inv: Inventory, grams: GramSet, plan, layers: list[int], mode: str, reference: str | None,
-               arch: Architecture, include_bias: bool, per_head: bool) -> tuple[dict, list[str]]:
-    head, ref_idx = _common(inv, grams, mode, reference)
+def qkv_result(inv: Inventory, grams: GramSet, plan, layers: list[int], mode: str, arch: Architecture, include_bias: bool, per_head: bool) -> tuple[dict, list[str]]:
+    head, ref_idx = _common(inv, grams, mode)
     by_name = {g.name: g for g in plan.groups}
     n_layers = len(layers)
     out_layers, part_docs = [], []
@@ -339,8 +326,7 @@ def plan_report(inv: Inventory, arch: str | None, head_flags: dict) -> ReportPla
     return ReportPlans(architecture, segments, block, role, qkv_plan, layers, problem)
 
 
-def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, reference: str | None,
-                  lr_points: list | None = None, lr_source: str | None = None,
+def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, lr_points: list | None = None, lr_source: str | None = None,
                   on_part: Callable[[dict, str], None] | None = None) -> dict:
     """Every analysis from one Gram set: similarity in three modes, layers by block and by role
     (displacement), Q/K/V with heads (displacement), dynamics, lengths and bends, PCA, the headline.
@@ -355,7 +341,7 @@ def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, reference:
     out: dict = {"warnings": list(inv.warnings)}
     out["similarity"] = {}
     for mode in tm.MODES:
-        doc, matrix, warnings = similarity_result(inv, grams, mode, reference)
+        doc, matrix, warnings = similarity_result(inv, grams, mode)
         out["similarity"][mode] = (doc, matrix)
         if mode == "raw":
             out["warnings"] += warnings
@@ -363,7 +349,7 @@ def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, reference:
     per_tensor = derive_gramset(grams, plans.segments, {}, inv.tensors)
     for by, plan in (("block", plans.block), ("role", plans.role)):
         derived = per_tensor if not plan.segments else derive_gramset(grams, plans.segments, plan.segments, inv.tensors)
-        doc, matrices, warnings = layers_result(inv, derived, plan, by, "displacement", reference, plans.architecture)
+        doc, matrices, warnings = layers_result(inv, derived, plan, by, "displacement", plans.architecture)
         out[f"layers_{by}"] = (doc, matrices)
         out["warnings"] += warnings
         ready(f"layers_{by}")
@@ -373,8 +359,8 @@ def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, reference:
     out["warnings"] += warnings
     ready("dynamics")
     if plans.qkv is not None:
-        doc, warnings = qkv_result(inv, grams, plans.qkv, plans.qkv_layers, "displacement", reference,
-                                   plans.architecture, True, plans.architecture.heads is not None)
+        doc, warnings = qkv_result(inv, grams, plans.qkv, plans.qkv_layers, "displacement", plans.architecture,
+                                   True, plans.architecture.heads is not None)
         out["qkv"] = doc
         out["warnings"] += warnings
         ready("qkv")
@@ -452,6 +438,7 @@ def dynamics_result(inv: Inventory, grams: GramSet, lr_points: list, lr_source: 
         out.append({"name": g.name, "kind": g.kind, "layer": g.layer, "n_params": g.n_params,
                     **dyn.group_dynamics(basis, steps, bad, lr)})
     doc = {"schema": DYNAMICS_SCHEMA, "trajcli_version": __version__, "checkpoints": checkpoints_json(inv),
+           "name_alignment": inv.name_alignment,
            "steps": steps, "lr": lr, "lr_source": lr_source, "scale_invariant": scale_invariant,
            "regime_rule": {"divergence_angle_deg": dyn.DIVERGENCE_ANGLE_DEG,
                            "convergence_factor": dyn.CONVERGENCE_FACTOR, "min_intervals": dyn.MIN_INTERVALS},

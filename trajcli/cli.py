@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from trajcli import __version__
-from trajcli.errors import DataError, TrajcliError, UsageError
+from trajcli.errors import DataError, Terminated, TrajcliError, UsageError, raise_terminated
 from trajcli.launch import main  # noqa: F401 - the entry point, importable from here too
 
 app = typer.Typer(
@@ -50,20 +50,12 @@ def warn(message: str) -> None:
     typer.echo(f"trajcli: warning: {message}", err=True)
 
 
-class Terminated(BaseException):
-    """Raised by the SIGTERM handler so that cleanup (finally, OutputSet) runs as for Ctrl-C."""
-
-
-def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise Terminated
-
-
 def handles_errors(fn):
     """Known errors become one line + hint on stderr and their exit code; Ctrl-C/SIGTERM exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
         try:
             return fn(*args, **kwargs)
         except TrajcliError as exc:
@@ -113,7 +105,8 @@ HeadsOpt = Annotated[Optional[int], typer.Option("--num-heads", min=1, help="Que
 KvHeadsOpt = Annotated[Optional[int], typer.Option("--num-kv-heads", min=1, help="Key/value heads (grouped-query attention) [default: from config, else = heads].")]
 HeadDimOpt = Annotated[Optional[int], typer.Option("--head-dim", min=1, help="Head dimension [default: from config, else hidden size / heads].")]
 ModeOpt = Annotated[str, typer.Option("--mode", "-m", help="raw: θ_k; displacement: θ_k − θ_ref; update: θ_{k+1} − θ_k.")]
-ReferenceOpt = Annotated[Optional[str], typer.Option("--reference", help="Reference checkpoint (name or step) for displacement [default: the first].")]
+ReferenceOpt = Annotated[Optional[str], typer.Option("--reference", help="Reference checkpoint for displacement: a name or step of the trajectory, or the path of a checkpoint outside it (e.g. the base model of a fine-tune, which then starts the trajectory) [default: the first].")]
+StripOpt = Annotated[Optional[list[str]], typer.Option("--strip-prefix", help="Remove this prefix from every tensor name (repeatable), e.g. bert. to compare a fine-tune with its base [default: detected when unambiguous].")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Plot file format: png, svg or pdf.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where the float64 products run: auto (CUDA when available), cpu or cuda.")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="A constant learning rate [default: from trainer_state.json or the optimizer state].")]
@@ -131,24 +124,29 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="Precision of the model d
 RecomputeOpt = Annotated[bool, typer.Option("--recompute", help="Read the checkpoints even when --out holds Grams saved from them (or kept by a stopped pass).")]
 
 
-def _selection(every, max_checkpoints, steps, include, exclude, on_mismatch):
+def _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference=None, strip_prefix=None):
     from trajcli.io.inventory import Selection
 
     if on_mismatch not in ("error", "skip"):
         raise typer.BadParameter(f"{on_mismatch!r} is not one of 'error', 'skip'", param_hint="'--on-mismatch'")
-    return Selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    for prefix in strip_prefix or ():
+        if not prefix:
+            raise typer.BadParameter("an empty prefix strips nothing", param_hint="'--strip-prefix'")
+    return Selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, tuple(strip_prefix or ()))
 
 
 @app.command()
 @handles_errors
 def inspect(
     paths: PathsArg,
+    reference: ReferenceOpt = None,
     every: EveryOpt = 1,
     max_checkpoints: MaxOpt = None,
     steps: StepsOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     on_mismatch: MismatchOpt = "error",
+    strip_prefix: StripOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """List the checkpoints in training order, their tensors, and what is left out and why.
@@ -162,7 +160,7 @@ def inspect(
     from trajcli.pipeline import load_inventory
     from trajcli.report import render
 
-    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
     inv = load_inventory(paths, selection, min_checkpoints=1)
     try:
         doc = render.inspect_document(inv)
@@ -188,6 +186,7 @@ def similarity(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     on_mismatch: MismatchOpt = "error",
+    strip_prefix: StripOpt = None,
     memory_budget: BudgetOpt = None,
     out: OutOpt = None,
     plot_format: FormatOpt = "png",
@@ -212,10 +211,10 @@ def similarity(
 
     _check_choice(mode, "--mode", _modes())
     _check_choice(plot_format, "--format", PLOT_FORMATS)
-    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
     options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
     inv, grams, out_dir, _ = _read_pass(paths, selection, out, options)
-    doc, matrix, warnings = similarity_result(inv, grams, mode, reference)
+    doc, matrix, warnings = similarity_result(inv, grams, mode)
     _warn_all(inv.warnings + warnings, quiet)
     if strict and doc["nonfinite"]:
         raise DataError(f"{len(doc['nonfinite'])} tensor(s) hold NaN/Inf values (--strict); nothing was written",
@@ -340,6 +339,7 @@ def layers(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     on_mismatch: MismatchOpt = "error",
+    strip_prefix: StripOpt = None,
     memory_budget: BudgetOpt = None,
     out: OutOpt = None,
     plot_format: FormatOpt = "png",
@@ -366,7 +366,7 @@ def layers(
     _check_choice(by, "--by", ("tensor", "block", "role"))
     _check_choice(mode, "--mode", _modes())
     _check_choice(plot_format, "--format", PLOT_FORMATS)
-    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
     head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
 
     def plan_for(inv):
@@ -381,7 +381,7 @@ def layers(
 
     options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
     inv, grams, out_dir, (plan, architecture) = _read_pass(paths, selection, out, options, plan_for)
-    doc, matrices, warnings = layers_result(inv, grams, plan, by, mode, reference, architecture)
+    doc, matrices, warnings = layers_result(inv, grams, plan, by, mode, architecture)
     _warn_all(inv.warnings + warnings, quiet)
     written = render.write(out_dir, render.add_layers, doc, matrices, plot_format) if out_dir is not None else []
     if json_output:
@@ -408,6 +408,7 @@ def qkv(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     on_mismatch: MismatchOpt = "error",
+    strip_prefix: StripOpt = None,
     memory_budget: BudgetOpt = None,
     out: OutOpt = None,
     plot_format: FormatOpt = "png",
@@ -434,7 +435,7 @@ def qkv(
 
     _check_choice(mode, "--mode", _modes())
     _check_choice(plot_format, "--format", PLOT_FORMATS)
-    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
     head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
 
     def plan_for(inv):
@@ -448,7 +449,7 @@ def qkv(
 
     options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
     inv, grams, out_dir, (plan, architecture, layer_ids) = _read_pass(paths, selection, out, options, plan_for)
-    doc, warnings = qkv_result(inv, grams, plan, layer_ids, mode, reference, architecture, bias, per_head)
+    doc, warnings = qkv_result(inv, grams, plan, layer_ids, mode, architecture, bias, per_head)
     _warn_all(inv.warnings + warnings, quiet)
     written = render.write(out_dir, render.add_qkv, doc, plot_format) if out_dir is not None else []
     if json_output:
@@ -475,6 +476,7 @@ def report(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     on_mismatch: MismatchOpt = "error",
+    strip_prefix: StripOpt = None,
     memory_budget: BudgetOpt = None,
     plot_format: FormatOpt = "png",
     device: DeviceOpt = "auto",
@@ -504,7 +506,7 @@ def report(
       trajcli report pythia-160m/ --every 4 --out pythia-160m-report/ --format svg
     """
     _check_choice(plot_format, "--format", PLOT_FORMATS)
-    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
     head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
     if lr is not None and lr_file is not None:
         raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
@@ -515,7 +517,7 @@ def report(
                                  _curvature_settings(seed=seed, top_k=top_k, dtype=dtype, device=device), momentum)
     elif model is not None:
         raise typer.BadParameter("--model needs --data (the batch the curvature is measured on)", param_hint="'--model'")
-    _run_report(paths, out, selection, options, arch=arch, head_flags=head_flags, reference=reference,
+    _run_report(paths, out, selection, options, arch=arch, head_flags=head_flags,
                 plot_format=plot_format, json_output=json_output, lr=lr, lr_file=lr_file, curvature=probe)
 
 
@@ -567,7 +569,7 @@ def _measure_curvature(paths, selection, request: CurvatureRequest, lr, lr_file,
     return doc, out_dir, warnings
 
 
-def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_flags=None, reference=None,
+def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_flags=None,
                 plot_format="png", json_output=False, lr=None, lr_file=None, curvature=None) -> None:
     """The report flow, shared by `report` and `demo`: plan the finest cut, one pass (or saved Grams),
     every analysis, every file; with a `CurvatureRequest`, the curvature walk too."""
@@ -583,7 +585,7 @@ def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_
     points, source = learning_rate_points(inv, lr, lr_file)
     with render.ReportWriter(out_dir, plot_format) as report:
         # each part's files are written, and its figures drawn, while the next part is computed
-        result = report_result(inv, grams, plans, reference, points, source, on_part=report.add)
+        result = report_result(inv, grams, plans, points, source, on_part=report.add)
         _warn_all(result["warnings"], options.quiet)
         if curvature is not None:
             from trajcli.analysis import curvature_headline
@@ -608,6 +610,7 @@ def dynamics(
     paths: PathsArg,
     lr: LrOpt = None,
     lr_file: LrFileOpt = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="A checkpoint outside the trajectory to start it from (e.g. the base model of a fine-tune): its path.")] = None,
     scale_invariant: Annotated[Optional[str], typer.Option("--scale-invariant", help="Regex of the weights a normalization follows [default: ResNet-style conv + batch norm].")] = None,
     every: EveryOpt = 1,
     max_checkpoints: MaxOpt = None,
@@ -615,6 +618,7 @@ def dynamics(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     on_mismatch: MismatchOpt = "error",
+    strip_prefix: StripOpt = None,
     memory_budget: BudgetOpt = None,
     out: OutOpt = None,
     plot_format: FormatOpt = "png",
@@ -643,10 +647,15 @@ def dynamics(
     if lr is not None and lr_file is not None:
         raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
     _check_choice(plot_format, "--format", PLOT_FORMATS)
-    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
     pattern = compile_regex(scale_invariant, "--scale-invariant")
 
     def plan_for(inv):
+        if inv.reference_idx != 0:
+            raise UsageError(f"dynamics measures from the first checkpoint; --reference {reference} is checkpoint "
+                             f"{inv.reference_idx} of the trajectory",
+                             "give the path of a checkpoint outside the trajectory (e.g. the base model), or "
+                             "select a later start with --steps")
         names = {t.name for t in inv.tensors} | {d["tensor"] for d in inv.left_out}
         return {}, scale_invariant_tensors(inv.tensors, names, pattern)
 

@@ -50,7 +50,8 @@ class Checkpoint:
     files: list[Path]  # weight files (shards) in index order; index files are not listed
     index_path: Path | None = None
     step: int | None = None
-    step_source: str | None = None  # "name" | "trainer_state.json" | a key of the torch file
+    step_source: str | None = None  # "name" | "trainer_state.json" | a key of the torch file | "reference"
+    strip_prefixes: tuple[str, ...] = ()  # removed from its tensor names (after wrapper prefixes): see io.align
 
     def to_json(self) -> dict:
         return {
@@ -69,12 +70,15 @@ class Discovery:
     left_out: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
 
 
-def step_from_name(name: str) -> int | None:
-    """The training step a checkpoint's name states (`checkpoint-100`, `step1000`, `epoch=1-step=30`)."""
+def step_from_name(name: str, strict: bool = False) -> int | None:
+    """The training step a checkpoint's name states (`checkpoint-100`, `step1000`, `epoch=1-step=30`);
+    unless `strict`, else its last number (`ckpt_500.pt`; not for a model's name: `MiniLM-L6-v2`)."""
     for pattern in _STEP_PATTERNS:
         found = pattern.findall(name)
         if found:
             return int(found[-1])
+    if strict:
+        return None
     stem = name
     for suffix in WEIGHT_SUFFIXES:
         if stem.endswith(suffix):
@@ -185,6 +189,16 @@ def _expand(path: Path, left_out: list[tuple[str, str]]) -> list[Checkpoint]:
     hub = _hub_cache(path)
     if hub is not None:
         return hub
+    models = sorted(p for p in path.glob("models--*") if p.is_dir() and (p / "snapshots").is_dir())
+    if models:  # the cache root (~/.cache/huggingface/hub): one model's revisions are a trajectory
+        if len(models) == 1:
+            return _hub_cache(models[0]) or []
+        listed = ", ".join(m.name[len("models--"):].replace("--", "/") for m in models[:6])
+        raise DataError(
+            f"{path} is a Hugging Face cache of {len(models)} models ({listed}{' …' if len(models) > 6 else ''}); "
+            "a trajectory is the revisions of one",
+            f"pass one model's folder, e.g. {models[0]}",
+        )
     children: list[Checkpoint] = []
     loose: list[Path] = []
     for child in sorted(path.iterdir(), key=lambda p: _natural_key(p.name)):

@@ -26,6 +26,7 @@ import numpy as np
 from safetensors import safe_open
 
 from trajcli.errors import DataError
+from trajcli.io.align import stripped
 from trajcli.io.discover import Checkpoint
 from trajcli.io.names import canonical_names, why_not_parameter
 
@@ -116,6 +117,8 @@ def _check_not_lfs(path: Path) -> None:
 
 def _add_tensors(reader: CheckpointReader, stored: list[tuple[str, tuple[int, ...], str, int]], lightning: bool) -> None:
     names = canonical_names([s[0] for s in stored], lightning=lightning)
+    if reader.checkpoint.strip_prefixes:
+        names = _without_prefixes(names, reader.checkpoint)
     for stored_name, shape, dtype, file_idx in stored:
         name = names[stored_name]
         why = why_not_parameter(name, shape, dtype)
@@ -125,6 +128,17 @@ def _add_tensors(reader: CheckpointReader, stored: list[tuple[str, tuple[int, ..
             reader.others[name] = info
         else:
             reader.tensors[name] = info
+
+
+def _without_prefixes(names: dict[str, str], ckpt: Checkpoint) -> dict[str, str]:
+    renamed = stripped(names.values(), ckpt.strip_prefixes)
+    if renamed is None:
+        raise DataError(
+            f"removing {', '.join(map(repr, ckpt.strip_prefixes))} from the tensor names of {ckpt.name} "
+            "makes two of them one",
+            "strip a prefix that only a wrapper adds, or none",
+        )
+    return {stored: renamed[name] for stored, name in names.items()}
 
 
 @dataclass

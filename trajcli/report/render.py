@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -69,6 +70,7 @@ def inspect_document(inv: Inventory) -> dict:
         "tensors": [{"name": t.name, "shape": list(t.shape), "dtypes": list(t.dtypes)} for t in inv.tensors],
         "left_out": inv.left_out,
         "left_out_paths": [{"path": p, "why": why} for p, why in inv.left_out_paths],
+        "name_alignment": inv.name_alignment,
         "warnings": inv.warnings,
     }
 
@@ -115,7 +117,7 @@ def tick_labels(doc: dict) -> list[str]:
 
 
 def similarity_title(doc: dict) -> str:
-    mds = "undefined" if doc["mds"] is None else f"{doc['mds']:.4f}"
+    mds = "undefined" if doc["mds"] is None else _fmt(doc["mds"])
     return f"trajectory map ({_mode_text(doc)}) — MDS ω = {mds}"
 
 
@@ -138,7 +140,13 @@ def write(out: Path, add, *args) -> list[Path]:
 
 
 def _fmt(value, spec: str = ".4f") -> str:
-    return "—" if value is None else format(value, spec)
+    """A number for people; with the default spec, a value just below 1 (a fine-tune's ω 0.99998…)
+    gets the digits that tell it from 1 and from its neighbours (two beyond its first non-9)."""
+    if value is None:
+        return "—"
+    if spec == ".4f" and 0.999 < value < 1:
+        spec = f".{min(15, math.ceil(-math.log10(1 - value)) + 2)}f"
+    return format(value, spec)
 
 
 def print_similarity(doc: dict, written: list[Path]) -> None:
