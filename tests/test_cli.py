@@ -275,3 +275,10 @@ def test_mds_near_one_is_printed_with_the_digits_that_tell_it_from_one(tmp_path)
     line = next(ln for ln in run(["similarity", tmp_path / "run"]).stdout.splitlines() if ln.startswith("MDS ω"))
     shown = line.split()[2]
     assert shown != "1.0000" and float(shown) == pytest.approx(doc["mds"], abs=10 ** -(len(shown) - 2))
+
+
+def test_plain_text_summaries_have_no_trailing_spaces(run_dir):
+    folder, _, _ = run_dir
+    for args in (["similarity", folder], ["layers", folder, "--by", "tensor"], ["inspect", folder]):
+        out = run(args).stdout
+        assert out and all(line == line.rstrip() for line in out.splitlines()), args

@@ -336,3 +336,17 @@ def test_cuda_without_a_device_is_a_usage_error_here_too(tmp_path):
     run_dir, data = _least_squares_run(tmp_path, x, x.sum(1), [(torch.zeros(3, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))])
     result = run(["curvature", run_dir, "--data", data, "--model", "curvature_models:least_squares", "--device", "cuda"])
     assert result.exit_code == 2 and "no CUDA device" in result.stderr
+
+
+def test_strict_refuses_weights_holding_nan_before_measuring(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 3, generator=gen, dtype=torch.float64)
+    w = torch.tensor([1.0, float("nan"), 2.0], dtype=torch.float64)
+    run_dir, data = _least_squares_run(tmp_path, x, x.sum(1), [(torch.ones(3, dtype=torch.float64), torch.zeros(1)),
+                                                               (w, torch.zeros(1))])
+    args = ["curvature", run_dir, "--data", data, "--model", "curvature_models:least_squares"]
+    loose = run(args)
+    assert loose.exit_code == 1 and "the loss on the batch is nan" in loose.stderr
+    strict = run(args + ["--strict"])
+    assert strict.exit_code == 1 and "checkpoint-10: 1 weight(s) hold NaN/Inf values (--strict)" in strict.stderr
+    assert "Traceback" not in strict.stderr

@@ -166,6 +166,27 @@ def test_nan_and_inf_warn_and_null_the_affected_entries(tmp_path):
     np.testing.assert_allclose(m[np.ix_(keep, keep)], expected, atol=1e-9)
     assert doc["nonfinite"] == [{"checkpoint": "checkpoint-2", "tensor": "layers.0.attn.weight", "count": 4}]
     _assert_one_error(run(["similarity", tmp_path, "--strict"]), 1, "NaN/Inf", "--strict")
+    out = tmp_path.parent / f"{tmp_path.name}-out"
+    for command in (["layers"], ["dynamics"], ["report", "--out", out]):
+        _assert_one_error(run([command[0], tmp_path, *command[1:], "--strict"]), 1,
+                          "1 tensor(s) hold NaN/Inf values (--strict), e.g. tensor layers.0.attn.weight of checkpoint "
+                          "checkpoint-2 (4)")
+    assert not (out / "report.html").exists() and not (out / "similarity_raw.json").exists()
+
+
+def test_strict_refuses_nan_in_qkv_and_curvature(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from test_qkv import write_trajectory
+
+    write_trajectory("gpt_neox", tmp_path / "run", n=3, seed=1)
+    shard = next((tmp_path / "run" / "step1").glob("*.safetensors"))
+    sd = load_file(shard)
+    name = next(k for k in sd if k.endswith("query_key_value.weight"))
+    sd[name][0, 0] = float("nan")
+    save_file(sd, shard)
+    assert run(["qkv", tmp_path / "run", "-q"]).exit_code == 0
+    _assert_one_error(run(["qkv", tmp_path / "run", "--strict"]), 1, "(--strict)", name)
 
 
 def test_out_inside_an_input_checkpoint_is_refused(tmp_path):

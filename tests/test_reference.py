@@ -131,3 +131,13 @@ def test_a_reference_after_the_first_checkpoint_is_refused(tmp_path):
     assert result.exit_code == 1 and "is at step 7, after the trajectory's first checkpoint step1" in result.stderr
     missing = run(["similarity", tmp_path / "run", "--reference", "nowhere"])
     assert missing.exit_code == 2 and "names no checkpoint of this trajectory and no file or folder" in missing.stderr
+
+
+def test_curvature_names_an_architecture_that_is_not_a_causal_lm(tmp_path):
+    _, ft = _bert_base_and_finetune(tmp_path)
+    np.save(tmp_path / "tokens.npy", np.arange(64) % 30)
+    result = run(["curvature", ft, "--data", tmp_path / "tokens.npy"])
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert ("describes BertForSequenceClassification (model_type 'bert'), not a causal language model"
+            in result.stderr)
+    assert "--model MODULE:FUNCTION that builds BertForSequenceClassification" in result.stderr

@@ -216,14 +216,23 @@ def similarity(
     inv, grams, out_dir, _ = _read_pass(paths, selection, out, options)
     doc, matrix, warnings = similarity_result(inv, grams, mode)
     _warn_all(inv.warnings + warnings, quiet)
-    if strict and doc["nonfinite"]:
-        raise DataError(f"{len(doc['nonfinite'])} tensor(s) hold NaN/Inf values (--strict); nothing was written",
-                        "see the warnings above; drop --strict to analyse the remaining entries")
+    _refuse_nonfinite(strict, grams)
     written = render.write(out_dir, render.add_similarity, doc, matrix, plot_format) if out_dir is not None else []
     if json_output:
         render.print_json(doc)
     else:
         render.print_similarity(doc, written)
+
+
+def _refuse_nonfinite(strict: bool, grams) -> None:
+    """--strict: weights holding NaN/Inf stop the command before anything is written."""
+    if strict and grams.nonfinite:
+        found = [(grams.labels[k], name, count) for name, per_ckpt in grams.nonfinite.items()
+                 for k, count in sorted(per_ckpt.items())]
+        ckpt, name, count = found[0]
+        raise DataError(f"{len(found)} tensor(s) hold NaN/Inf values (--strict), e.g. tensor {name} of checkpoint "
+                        f"{ckpt} ({count}); nothing was written",
+                        "drop --strict to analyse the rest (entries involving those checkpoints are null)")
 
 
 PLOT_FORMATS = ("png", "svg", "pdf")
@@ -349,6 +358,7 @@ def layers(
     workers: WorkersOpt = None,
     recompute: RecomputeOpt = False,
     quiet: QuietOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Trajectory map, MDS and lengths and bends of every group: tensor, block or role.
 
@@ -383,6 +393,7 @@ def layers(
     inv, grams, out_dir, (plan, architecture) = _read_pass(paths, selection, out, options, plan_for)
     doc, matrices, warnings = layers_result(inv, grams, plan, by, mode, architecture)
     _warn_all(inv.warnings + warnings, quiet)
+    _refuse_nonfinite(strict, grams)
     written = render.write(out_dir, render.add_layers, doc, matrices, plot_format) if out_dir is not None else []
     if json_output:
         render.print_json(doc)
@@ -418,6 +429,7 @@ def qkv(
     workers: WorkersOpt = None,
     recompute: RecomputeOpt = False,
     quiet: QuietOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Q/K/V heterogeneity: the query, key and value parts of every attention layer as separate groups.
 
@@ -451,6 +463,7 @@ def qkv(
     inv, grams, out_dir, (plan, architecture, layer_ids) = _read_pass(paths, selection, out, options, plan_for)
     doc, warnings = qkv_result(inv, grams, plan, layer_ids, mode, architecture, bias, per_head)
     _warn_all(inv.warnings + warnings, quiet)
+    _refuse_nonfinite(strict, grams)
     written = render.write(out_dir, render.add_qkv, doc, plot_format) if out_dir is not None else []
     if json_output:
         render.print_json(doc)
@@ -493,6 +506,7 @@ def report(
     dtype: DtypeOpt = "float64",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Everything from one pass: trajectory maps in three modes, layers by block and role, Q/K/V
     (with heads) when the architecture is known, lengths and bends, the 2-D trajectory, dynamics;
@@ -514,11 +528,12 @@ def report(
     probe = None
     if data is not None:
         probe = CurvatureRequest(data, model, batch_size, seq_len,
-                                 _curvature_settings(seed=seed, top_k=top_k, dtype=dtype, device=device), momentum)
+                                 _curvature_settings(seed=seed, top_k=top_k, dtype=dtype, device=device), momentum,
+                                 strict)
     elif model is not None:
         raise typer.BadParameter("--model needs --data (the batch the curvature is measured on)", param_hint="'--model'")
     _run_report(paths, out, selection, options, arch=arch, head_flags=head_flags,
-                plot_format=plot_format, json_output=json_output, lr=lr, lr_file=lr_file, curvature=probe)
+                plot_format=plot_format, json_output=json_output, lr=lr, lr_file=lr_file, curvature=probe, strict=strict)
 
 
 @dataclass
@@ -531,6 +546,7 @@ class CurvatureRequest:
     seq_len: int | None
     settings: object  # trajcli.curvature.run.CurvatureSettings (imported lazily)
     momentum: float | None = None
+    strict: bool = False  # weights holding NaN/Inf stop the walk
 
 
 def _curvature_settings(**kwargs):
@@ -558,7 +574,8 @@ def _measure_curvature(paths, selection, request: CurvatureRequest, lr, lr_file,
         out_dir = render.prepare_out(out, inv) if out is not None else None
         with progress_bar(len(inv.checkpoints), quiet, "curvature", "checkpoints") as advance:
             measured, data = curvature_pass(inv, request.data, request.model, request.batch_size, request.seq_len,
-                                            request.settings, (lambda k: advance(1)) if advance else None)
+                                            request.settings, (lambda k: advance(1)) if advance else None,
+                                            request.strict)
         points, source = learning_rate_points(inv, lr, lr_file)
         momentum, momentum_source = momentum_of(inv, request.momentum)
     finally:
@@ -570,7 +587,7 @@ def _measure_curvature(paths, selection, request: CurvatureRequest, lr, lr_file,
 
 
 def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_flags=None,
-                plot_format="png", json_output=False, lr=None, lr_file=None, curvature=None) -> None:
+                plot_format="png", json_output=False, lr=None, lr_file=None, curvature=None, strict=False) -> None:
     """The report flow, shared by `report` and `demo`: plan the finest cut, one pass (or saved Grams),
     every analysis, every file; with a `CurvatureRequest`, the curvature walk too."""
     from trajcli.analysis import plan_report, report_result
@@ -582,6 +599,7 @@ def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_
         return plans.segments, plans
 
     inv, grams, out_dir, plans = _read_pass(paths, selection, out, options, plan_for)
+    _refuse_nonfinite(strict, grams)
     points, source = learning_rate_points(inv, lr, lr_file)
     with render.ReportWriter(out_dir, plot_format) as report:
         # each part's files are written, and its figures drawn, while the next part is computed
@@ -628,6 +646,7 @@ def dynamics(
     recompute: RecomputeOpt = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Norms, angular steps and effective learning rates η/‖w‖² per group, and the regime
     (convergence, equilibrium or divergence — a heuristic) over the later half of the run.
@@ -664,6 +683,7 @@ def dynamics(
     points, source = learning_rate_points(inv, lr, lr_file)
     doc, warnings = dynamics_result(inv, grams, points, source, invariant)
     _warn_all(inv.warnings + warnings, quiet)
+    _refuse_nonfinite(strict, grams)
     written = render.write(out_dir, render.add_dynamics, doc, plot_format) if out_dir is not None else []
     if json_output:
         render.print_json(doc)
@@ -699,6 +719,7 @@ def curvature(
     device: DeviceOpt = "auto",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Curvature at every checkpoint on one fixed batch: loss, gradient norm, top Hessian eigenvalues
     (Lanczos) against 2/η, Hessian trace (Hutchinson), curvature along the run's own next step, and
@@ -722,7 +743,7 @@ def curvature(
                                    step_fractions=_positive_floats(step_fractions, "--step-fractions", 1),
                                    seed=seed, dtype=dtype, device=device)
     selection = _selection(every, max_checkpoints, steps, None, None, "error")
-    request = CurvatureRequest(data, model, batch_size, seq_len, settings, momentum)
+    request = CurvatureRequest(data, model, batch_size, seq_len, settings, momentum, strict)
     if out is not None:
         _start_drawing()
     doc, out_dir, _ = _measure_curvature(paths, selection, request, lr, lr_file, quiet, out)
@@ -795,7 +816,7 @@ def plot(
 @handles_errors
 def demo(
     folder: Annotated[Path, typer.Argument(help="Where to put the demo trajectory and its results.")] = Path("trajcli-demo"),
-    curvature: Annotated[bool, typer.Option("--curvature/--no-curvature", help="Also measure the curvature at every checkpoint (about 40 s on 2 cores).")] = True,
+    curvature: Annotated[bool, typer.Option("--curvature/--no-curvature", help="Also measure the curvature at every checkpoint.")] = True,
     memory_budget: BudgetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -803,7 +824,7 @@ def demo(
 
     Writes FOLDER/checkpoints/step*/ (sharded safetensors + config.json), FOLDER/tokens.npy (held-out
     sequences for the curvature) and then runs `trajcli report` on them into FOLDER/report/ (open
-    report.html), curvature included. About two minutes on 2 CPU cores; an existing complete
+    report.html), curvature included (the README says how long it takes); an existing complete
     trajectory in FOLDER is reused. Example:
 
       trajcli demo && trajcli inspect trajcli-demo/checkpoints

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +103,30 @@ def user_model(spec: str, config: dict | None, inv: Inventory) -> ProbeModel:
     return ProbeModel(module, loss_fn, f"--model {spec}", weights.names, weights.params, snapshot)
 
 
+def _check_causal_lm(folder: Path) -> None:
+    """Refuse, naming the architecture, a config.json whose model is not a causal LM (a Trainer's
+    BertForSequenceClassification, a T5): transformers would build an LM head the weights lack."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as causal_names
+    except ImportError:  # another layout of transformers: its own loading report then says what is wrong
+        return
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return  # transformers reports it when it loads
+    found = config.get("architectures") if isinstance(config, dict) else None
+    if not isinstance(found, list) or not found or not all(isinstance(a, str) for a in found):
+        return
+    causal = set()
+    for names in causal_names.values():
+        causal.update([names] if isinstance(names, str) else names)
+    if not causal.intersection(found):
+        raise UsageError(
+            f"{folder / 'config.json'} describes {', '.join(found)} (model_type {config.get('model_type')!r}), "
+            "not a causal language model, which is what curvature builds from config.json (next-token loss)",
+            f"pass --model MODULE:FUNCTION that builds {found[0]} and its loss on your --data (docs: the model)")
+
+
 def _causal_lm_loss(module: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return module(input_ids=batch, labels=batch).loss  # next-token cross-entropy, mean over tokens
 
@@ -129,6 +154,7 @@ def hf_model(inv: Inventory) -> ProbeModel:
             raise UsageError(f"{ckpt.path} is not a Hugging Face model folder (config.json and weights)",
                              "pass --model MODULE:FUNCTION to build the model yourself")
         folders.append(ckpt.path)
+    _check_causal_lm(folders[0])
 
     def load(k: int) -> nn.Module:
         try:

@@ -73,8 +73,9 @@ def _block_groups(probe: ProbeModel) -> tuple[list[str], list[int], torch.Tensor
 
 
 def measure_curvature(inv: Inventory, probe: ProbeModel, batch: Batch, settings: CurvatureSettings,
-                      on_checkpoint: Callable[[int], None] | None = None) -> dict:
-    """Every checkpoint's curvature measurements, in the order of the inventory."""
+                      on_checkpoint: Callable[[int], None] | None = None, strict: bool = False) -> dict:
+    """Every checkpoint's curvature measurements, in the order of the inventory; `strict`: weights
+    holding NaN/Inf are refused (else only a loss that is not finite is)."""
     dtype, device = DTYPES[settings.dtype], settings.device
     module = probe.module.to(device=device, dtype=dtype).eval()  # eval: no dropout, a deterministic loss
     for p in probe.params:
@@ -93,6 +94,10 @@ def measure_curvature(inv: Inventory, probe: ProbeModel, batch: Batch, settings:
             params, buffers = probe.snapshot(k + 1)
             theta_next = _flat(params, dtype, device)
         objective.where = str(ckpt.path)
+        if strict and not bool(torch.isfinite(theta).all()):
+            n_bad = int((~torch.isfinite(theta)).sum())
+            raise DataError(f"{ckpt.path}: {n_bad} weight(s) hold NaN/Inf values (--strict)",
+                            "drop --strict to measure where the loss is still finite")
         _load_buffers(module, these_buffers, str(ckpt.path))
         objective.set(theta)
         loss, g0 = objective.gradient()
@@ -118,7 +123,8 @@ def measure_curvature(inv: Inventory, probe: ProbeModel, batch: Batch, settings:
 
 
 def curvature_pass(inv: Inventory, data: Path, model: str | None, batch_size: int, seq_len: int | None,
-                   settings: CurvatureSettings, on_checkpoint: Callable[[int], None] | None = None) -> tuple[dict, dict]:
+                   settings: CurvatureSettings, on_checkpoint: Callable[[int], None] | None = None,
+                   strict: bool = False) -> tuple[dict, dict]:
     """Build the model (config.json via transformers, or --model), draw the batch, walk the checkpoints.
     Returns the measurements and the batch's description."""
     from trajcli.curvature.batch import load_batch
@@ -130,4 +136,4 @@ def curvature_pass(inv: Inventory, data: Path, model: str | None, batch_size: in
     folders = [c.path if c.path.is_dir() else c.path.parent for c in inv.checkpoints[:1]]
     batch = load_batch(data, batch_size, settings.seed, seq_len, tokenizer_dirs=folders + [f.parent for f in folders],
                        vocab_size=probe.vocab_size, max_positions=probe.max_positions)
-    return measure_curvature(inv, probe, batch, settings, on_checkpoint), batch.description
+    return measure_curvature(inv, probe, batch, settings, on_checkpoint, strict), batch.description

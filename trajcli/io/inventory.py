@@ -194,8 +194,8 @@ def _align_names(inv: Inventory) -> None:
         names = [inv.checkpoints[i].name for i in renamed]
         inv.name_alignment.append({"strip_prefix": alignment.prefix, "checkpoints": names})
         inv.warnings.append(f"tensor names aligned: '{alignment.prefix}' removed from the names of "
-                            f"{_group_label(inv, renamed)} ({alignment.n_matched} tensors then share name and shape "
-                            "across the trajectory; --strip-prefix forces a prefix)")
+                            f"{_group_label(inv, renamed)}; {alignment.n_matched} tensors then share name and shape "
+                            "across the trajectory (--strip-prefix forces a prefix)")
 
 
 def _shapes(reader: CheckpointReader) -> dict[str, tuple[int, ...]]:

@@ -22,7 +22,9 @@ EXPLAIN = {
             "from the reference, the angle of each step, and the turning angle between consecutive updates "
             "(near 180° means oscillation). Straightness is the end-to-end distance over the path length.",
     "layers": "The same measures per block and per role (attention Q, K, V and output, MLP, norms), in "
-              "displacement mode: which parts of the network keep moving in one direction and which explore.",
+              "displacement mode: which parts of the network keep moving in one direction and which explore. "
+              "Tensors outside the blocks that are no embedding, final norm or output head (a BERT pooler, a "
+              "classifier) form the group “other”.",
     "qkv": "The query, key and value parts of every attention layer, split as the model's forward pass splits "
            "them, each with its own trajectory map. Heterogeneity is max(ω<sub>Q</sub>, ω<sub>K</sub>, ω<sub>V</sub>) "
            "− min(…); map distance is the mean RMS difference between the three maps. In smaller LLMs the three "

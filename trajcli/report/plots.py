@@ -206,9 +206,12 @@ def layers_mds(path: Path, groups: list[dict], title: str, fmt: str = "png") -> 
             ax.plot(*zip(*pts), marker="o", ms=3.5, lw=1.4, label=label)
     outside = [g for g in groups if g["layer"] is None and g["mds"] is not None]
     for g in outside:
-        x = -1 if g["name"].startswith("embed") or g.get("role") == "embedding" else n_blocks
+        before = g["name"].startswith("embed") or g.get("role") == "embedding"
+        x = -1 if before else n_blocks
         ax.plot([x], [g["mds"]], marker="D", color="0.3", ms=5)
-        ax.annotate(g["name"], (x, g["mds"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        # labels point into the plot, so that the ones after the last block are not cut at the edge
+        ax.annotate(g["name"], (x, g["mds"]), textcoords="offset points", xytext=(4, 4) if before else (-4, 4),
+                    ha="left" if before else "right", fontsize=7)
     ax.set_xlabel("block")
     ax.set_ylabel("MDS ω")
     ax.set_title(title, fontsize=10)

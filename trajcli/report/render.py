@@ -34,11 +34,26 @@ def human_count(n: int) -> str:
     return str(n)
 
 
+class _TrimmedLines:
+    """stdout for rich when it is a pipe or a file: lines without the spaces rich pads tables with."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(re.sub(r"[ \t]+(?=\n|$)", "", text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _console():
     from rich.console import Console
 
+    if sys.stdout.isatty():
+        return Console(file=sys.stdout, highlight=False)
     # Wide enough not to cut names when stdout is a pipe or a file (rich assumes 80 columns there).
-    return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 160)
+    return Console(file=_TrimmedLines(sys.stdout), highlight=False, width=160)
 
 
 def print_json(doc: dict) -> None:
