@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -231,12 +232,14 @@ def test_progress_lines_every_interval_with_done_total_and_rate():
     assert said[2].startswith("trajcli: reading: 2.0 MiB of 3.0 MiB (67%), ")
     assert said[3].startswith("trajcli: reading: 3.0 MiB done in ") and len(said) == 4
     counted = io.StringIO()
-    items = ProgressLines("curvature", 4, "checkpoints", counted, every_s=3600.0)
-    items.advance(1)
-    items.close()
-    assert counted.getvalue().splitlines() == ["trajcli: curvature: 4 checkpoints to go",
-                                               counted.getvalue().splitlines()[1]]
-    assert counted.getvalue().splitlines()[1].startswith("trajcli: curvature: 1 checkpoints done in ")
+    items = ProgressLines("curvature", 16, "checkpoints", counted, every_s=0.0)
+    items.advance(5)
+    said = counted.getvalue().splitlines()
+    assert said[0] == "trajcli: curvature: 16 checkpoints to go"
+    assert re.fullmatch(r"trajcli: curvature: 5 of 16 checkpoints \(31%\), [0-9.e+]+ checkpoints/s", said[1]), said[1]
+    quiet = io.StringIO()
+    ProgressLines("curvature", 4, "checkpoints", quiet, every_s=3600.0).advance(3)
+    assert len(quiet.getvalue().splitlines()) == 1  # only the start: no line before the interval
 
 
 def test_a_map_near_one_is_drawn_as_one_minus_cosine_on_a_log_scale(tmp_path, monkeypatch):

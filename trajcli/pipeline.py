@@ -24,7 +24,7 @@ PROGRESS_EVERY_S = 10.0  # how often a progress line is written when stderr is n
 
 def _amount(n: float, unit: str) -> str:
     if unit != "bytes":
-        return f"{n:g} {unit}"
+        return f"{n:.3g} {unit}"
     for size, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
         if n >= size:
             return f"{n / size:.1f} {name}"
@@ -50,7 +50,8 @@ class ProgressLines:
         if now - self.last >= self.every_s and self.done < self.total:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
-            self._say(f"{self.what}: {_amount(self.done, self.unit)} of {_amount(self.total, self.unit)} "
+            done = _amount(self.done, self.unit) if self.unit == "bytes" else f"{self.done}"
+            self._say(f"{self.what}: {done} of {_amount(self.total, self.unit)} "
                       f"({100 * self.done / max(self.total, 1):.0f}%), {_amount(rate, self.unit)}/s")
 
     def close(self) -> None:
