@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from trajcli.engine.gram import GramSet, accumulate, itemsize
 from trajcli.engine.journal import PassJournal
+from trajcli.engine.store import check_unchanged
 from trajcli.io.discover import discover_checkpoints
 from trajcli.io.inventory import Inventory, Selection, take_inventory
 
@@ -87,6 +88,13 @@ def read_trajectory(inv: Inventory, memory_budget_bytes: int, quiet: bool = Fals
     """The single streaming pass over an inventoried trajectory (tensors cut into leaves by `segments`):
     in this process, or on a Dask cluster (`scheduler` address, or `workers` local processes); with a
     `journal`, the tensors an interrupted pass finished are not read again."""
+    grams = _pass(inv, memory_budget_bytes, quiet, segments, device, scheduler, workers, journal)
+    check_unchanged(inv)  # a file written again or replaced meanwhile: its Grams would mix two files
+    return grams
+
+
+def _pass(inv: Inventory, memory_budget_bytes: int, quiet: bool, segments: dict | None, device: str,
+          scheduler: str | None, workers: int | None, journal: PassJournal | None) -> GramSet:
     done = journal.done if journal is not None else {}
     total = sum(
         t.numel * itemsize(r.tensors[t.name].dtype) for t in inv.tensors if t.name not in done for r in inv.readers

@@ -4,8 +4,9 @@ checkpoints, 3.7 TB); an interruption should not cost all of them.
 With `--out DIR`, the leaf Grams of the tensors a pass has finished are kept in `DIR/.trajcli-pass/`:
 every FLUSH_EVERY_S seconds, and when the pass stops on an error or an interruption, those finished
 since the last write go into one more `part-K.npz` (written atomically), beside `plan.json`, which
-records what they belong to: the checkpoints' files (path, size, mtime), the analysed tensors and
-how each is cut into leaves. The next pass with that very plan reads them back and reads only the
+records what they belong to: the checkpoints' files (path, size, mtime, inode, ctime), the analysed
+tensors and how each is cut into leaves; each part carries the digest of that plan and is used only
+under it. The next pass with that very plan reads them back and reads only the
 other tensors from the checkpoints; their Grams are the ones the interrupted pass computed, bit for
 bit. The folder is removed once a pass is complete and its Grams are saved in `grams.npz`; a pass
 with another plan (other checkpoints, selection or cut), or with --recompute, starts over and
@@ -14,6 +15,7 @@ replaces it. A pass shorter than FLUSH_EVERY_S that ends normally never writes i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import time
@@ -26,7 +28,7 @@ import numpy as np
 from trajcli.errors import DataError
 
 JOURNAL_DIR = ".trajcli-pass"
-JOURNAL_FORMAT = 1
+JOURNAL_FORMAT = 2  # 2: every part carries the digest of its plan
 FLUSH_EVERY_S = 30.0
 _PLAN = "plan.json"
 
@@ -38,6 +40,9 @@ class PassJournal:
     def __init__(self, folder: Path, plan: dict, every_s: float = FLUSH_EVERY_S):
         self.folder = folder
         self.plan = json.loads(json.dumps(plan))  # as it reads back from plan.json (tuples: lists)
+        # in every part: a part is used only under the very plan it was computed for, whatever
+        # plan.json says (another process may have written either)
+        self.digest = hashlib.sha256(json.dumps(self.plan, sort_keys=True).encode()).hexdigest()
         self.every_s = every_s
         self.done: dict[str, tuple[dict[str, np.ndarray], dict[int, int]]] = {}  # tensor -> (leaf -> Gram, bad counts)
         self._pending: dict[str, tuple[dict[str, tuple], dict[int, int]]] = {}  # tensor -> (leaf -> (Gram, to_numpy), …)
@@ -69,11 +74,13 @@ class PassJournal:
             try:
                 with np.load(path, allow_pickle=False) as data:
                     meta = json.loads(str(data["meta"]))
-                    for tensor, entry in meta.items():
+                    if meta.get("plan") != self.digest:
+                        continue  # computed under another plan: not these numbers
+                    for tensor, entry in meta["tensors"].items():
                         grams = {leaf: data[f"g{i}"] for leaf, i in entry["leaves"].items()}
                         if self._fits(tensor, grams):
                             self.done[tensor] = (grams, {int(k): c for k, c in entry["nonfinite"].items()})
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile):
                 continue  # an unreadable part (cut short, say): its tensors are read again
         self.n_kept = len(self.done)
 
@@ -98,13 +105,13 @@ class PassJournal:
         if not self._pending:
             return
         arrays: dict[str, np.ndarray] = {}
-        meta = {}
+        meta: dict = {"plan": self.digest, "tensors": {}}
         for tensor, (grams, nonfinite) in self._pending.items():
             leaves = {}
             for leaf, (gram, to_numpy) in grams.items():
                 leaves[leaf] = len(arrays)
                 arrays[f"g{len(arrays)}"] = np.asarray(to_numpy(gram), dtype=np.float64)
-            meta[tensor] = {"leaves": leaves, "nonfinite": {str(k): c for k, c in nonfinite.items()}}
+            meta["tensors"][tensor] = {"leaves": leaves, "nonfinite": {str(k): c for k, c in nonfinite.items()}}
         from trajcli.report.writers import OutputSet
 
         try:

@@ -17,22 +17,33 @@ import numpy as np
 from trajcli import __version__
 from trajcli.arch.grouping import Segment, whole_segment
 from trajcli.engine.gram import GramSet
+from trajcli.errors import DataError
 from trajcli.io.inventory import Inventory
+from trajcli.io.sources import file_identity
 
 GRAMS_FILE = "grams.npz"
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: file identities with inode and ctime
 
 
 def identities(inv: Inventory) -> list[dict]:
-    """What the Grams depend on: each checkpoint's weight files, as found now."""
-    out = []
-    for ckpt in inv.checkpoints:
-        files = []
-        for f in ckpt.files:
-            stat = f.stat()
-            files.append([str(f.resolve()), stat.st_size, stat.st_mtime_ns])
-        out.append({"name": ckpt.name, "files": files})
-    return out
+    """What the Grams depend on: each checkpoint's weight files (path, size, mtime, inode, ctime), as
+    they were when the inventory opened them — before the pass read anything of them."""
+    return [{"name": ckpt.name, "files": reader.identity} for ckpt, reader in zip(inv.checkpoints, inv.readers)]
+
+
+def check_unchanged(inv: Inventory) -> None:
+    """Refuse a pass during which a weight file changed (written again, replaced, truncated): its
+    Grams would mix two files' numbers."""
+    for ckpt, reader in zip(inv.checkpoints, inv.readers):
+        for path, before in zip(ckpt.files, reader.identity):
+            try:
+                now = file_identity(path)
+            except DataError:
+                now = None
+            if now != before:
+                raise DataError(f"{path} of checkpoint {ckpt.name} changed while it was read "
+                                "(its size, mtime, inode or ctime differ from when the pass began); nothing was saved",
+                                "run again once the file is complete (a trainer still saving it?)")
 
 
 def _segment_json(segment: Segment) -> dict:
@@ -119,14 +130,31 @@ def load_grams(path: Path, inv: Inventory, segments: dict[str, Segment]) -> Gram
         return None
     if meta.get("format") != STORE_FORMAT or meta.get("identities") != identities(inv):
         return None
-    if meta["tensors"] != [{"name": t.name, "shape": list(t.shape)} for t in inv.tensors]:
+    if meta.get("tensors") != [{"name": t.name, "shape": list(t.shape)} for t in inv.tensors]:
         return None
+    if not _consistent(meta, basis, len(inv.checkpoints)):
+        return None  # not what save_grams writes (edited, or another program's): read again
     saved = GramSet(list(meta["labels"]), dict(zip(meta["leaves"], basis)), dict(meta["n_params"]),
                     dict(meta["tensor_of"]),
                     {t: {int(k): c for k, c in v.items()} for t, v in meta["nonfinite"].items()})
     have = {name: Segment(raw["axis"], tuple((a, b, leaf) for a, b, leaf in raw["ranges"]))
             for name, raw in meta["segments"].items()}
     return derive_gramset(saved, have, segments, inv.tensors)
+
+
+def _consistent(meta: dict, basis: np.ndarray, n: int) -> bool:
+    """The arrays fit the record: one N × N float64 Gram per leaf, every leaf with its tensor and
+    size, every tensor cut into the leaves it records."""
+    leaves = meta.get("leaves")
+    if not (isinstance(leaves, list) and len(set(leaves)) == len(leaves) and isinstance(meta.get("labels"), list)):
+        return False
+    if basis.dtype != np.float64 or basis.shape != (len(leaves), n, n) or len(meta["labels"]) != n:
+        return False
+    segments, tensor_of, n_params = meta.get("segments"), meta.get("tensor_of"), meta.get("n_params")
+    if not (isinstance(segments, dict) and isinstance(tensor_of, dict) and isinstance(n_params, dict)):
+        return False
+    cut = {leaf for raw in segments.values() for _, _, leaf in raw.get("ranges", [])}
+    return set(leaves) == cut == set(tensor_of) == set(n_params) and isinstance(meta.get("nonfinite"), dict)
 
 
 def derive_gramset(grams: GramSet, have: dict[str, Segment], want: dict[str, Segment], tensors) -> GramSet | None:

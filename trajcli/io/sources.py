@@ -71,6 +71,7 @@ class CheckpointReader:
     size_bytes: int = 0
     metadata: dict = field(default_factory=dict)  # small facts a file carries, e.g. nanoGPT's model_args
     warnings: list[str] = field(default_factory=list)
+    identity: list = field(default_factory=list)  # per file, as `file_identity` took it before opening
     _handles: list = field(default_factory=list)
 
     def read_into(self, name: str, row_start: int, row_stop: int, out: np.ndarray) -> None:
@@ -412,9 +413,23 @@ class TorchReader(CheckpointReader):
         return t if t.dim() == 0 else t[row_start:row_stop]
 
 
+def file_identity(path: Path) -> list:
+    """What tells one file from another at the same path: resolved path, size, mtime, inode and ctime
+    (nanoseconds). A file replaced by another (a new inode) or written in place (a new ctime, which no
+    user tool can set back, unlike mtime with `cp -p`) gets another identity."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise DataError(f"cannot open {path}: {exc.strerror}", "check that the file exists and is readable") from None
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
 def open_checkpoint(ckpt: Checkpoint) -> CheckpointReader:
-    """Open a checkpoint's files (headers only) and list its parameters."""
+    """Open a checkpoint's files (headers only) and list its parameters. The files' identities are
+    taken first, before anything of them is read (`CheckpointReader.identity`)."""
+    identity = [file_identity(p) for p in ckpt.files]
     is_st = all(p.suffix == ".safetensors" for p in ckpt.files)
     reader = SafetensorsReader(ckpt) if is_st else TorchReader(ckpt)
+    reader.identity = identity
     reader._open()
     return reader
