@@ -70,9 +70,10 @@ def handles_errors(fn):
             raise typer.Exit(130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
-            from trajcli.report import drawing
+            from trajcli.report import drawing, writers
 
             drawing.stop()
+            writers.release_out_dirs()
 
     return wrapper
 

@@ -14,7 +14,7 @@ from trajcli.analysis import LAYERS_SCHEMA, QKV_SCHEMA, SIMILARITY_SCHEMA, check
 from trajcli.errors import DataError, UsageError
 from trajcli.io.inventory import Inventory
 from trajcli.report import plots
-from trajcli.report.writers import OutputSet, dumps_json, matrix_csv, prepare_out_dir, rows_csv
+from trajcli.report.writers import OutputSet, dumps_json, lock_out_dir, matrix_csv, prepare_out_dir, rows_csv
 
 INSPECT_SCHEMA = "trajcli.inspect/1"
 
@@ -114,7 +114,13 @@ def print_inspect(doc: dict) -> None:
 
 
 def prepare_out(out: Path, inv: Inventory) -> Path:
-    return prepare_out_dir(out, [c.path for c in inv.checkpoints])
+    """The output folder of a command that reads checkpoints: checked, created, and held by this
+    process until the command ends (`writers.lock_out_dir`)."""
+    folder = prepare_out_dir(out, [c.path for c in inv.checkpoints])
+    note = lock_out_dir(folder)
+    if note:
+        print(f"trajcli: note: {note}", file=sys.stderr)
+    return folder
 
 
 def tick_labels(doc: dict) -> list[str]:

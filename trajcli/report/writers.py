@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -114,6 +115,77 @@ def prepare_out_dir(out: Path, input_paths: list[Path]) -> Path:
     except OSError as exc:
         raise DataError(f"cannot write to --out {out}: {exc.strerror or exc}", "choose a folder you can write to") from None
     return out
+
+
+LOCK_FILE = ".trajcli-lock"
+_HELD: list[Path] = []  # output folders this process holds (released at the end of the command)
+
+
+def _holder(lock: Path) -> tuple[int, str] | None:
+    """(pid, host) written in a lock file, or None when it cannot be read."""
+    try:
+        pid, host = lock.read_text(encoding="utf-8").split()[:2]
+        return int(pid), host
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs trajcli (where /proc tells; else whether it runs at all)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"trajcli" in f.read()
+    except OSError:
+        return True
+
+
+def lock_out_dir(out: Path) -> str | None:
+    """Hold `out` for this process: a second trajcli writing the same Grams, pass journal or results
+    would mix its numbers with ours. A folder held by a live trajcli is refused; a lock left by a
+    process that died (SIGKILL) is taken over, and a note says so (returned)."""
+    lock = out / LOCK_FILE
+    if lock in _HELD:
+        return None
+    me = f"{os.getpid()} {socket.gethostname()}\n"
+    note = None
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+    except FileExistsError:
+        holder = _holder(lock)
+        if holder is not None and (holder[1] != socket.gethostname() or _alive(holder[0])):
+            pid, host = holder
+            raise DataError(f"--out {out} is in use by another trajcli (pid {pid} on {host})",
+                            f"wait for it to finish, or pass another --out; if no trajcli runs there, remove {lock}")
+        fd, tmp = tempfile.mkstemp(prefix=f"{LOCK_FILE}.", dir=out)
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        os.replace(tmp, lock)
+        if lock.read_text(encoding="utf-8") != me:  # another process took it over at the same moment
+            raise DataError(f"--out {out} is in use by another trajcli", "wait for it to finish, or pass another --out")
+        note = (f"took over the lock of a trajcli that is gone (pid {holder[0]})" if holder
+                else f"replaced an unreadable {lock}")
+    _HELD.append(lock)
+    return note
+
+
+def release_out_dirs() -> None:
+    """Let go of the output folders this process holds."""
+    me = f"{os.getpid()} {socket.gethostname()}\n"
+    while _HELD:
+        lock = _HELD.pop()
+        try:
+            if lock.read_text(encoding="utf-8") == me:
+                lock.unlink()
+        except OSError:
+            pass
 
 
 def _umask() -> int:
