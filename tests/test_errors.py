@@ -135,7 +135,7 @@ def test_pickle_that_runs_code_is_never_executed(tmp_path):
     torch.save(random_trajectory(1)[0], data / "model_0.pt")
     torch.save({"w": torch.zeros(2), "payload": _Evil(str(marker))}, data / "model_1.pt")
     result = run(["similarity", data])
-    _assert_one_error(result, 1, "model_1.pt", "nothing was executed")
+    _assert_one_error(result, 1, "model_1.pt", "nothing was executed", "it asks for posix.mkdir")
     assert not marker.exists()
     # also through the nanoGPT/Lightning metadata read of a checkpoint folder
     folder = tmp_path / "lightning"
@@ -355,3 +355,14 @@ def test_a_stop_while_trajcli_starts_up_exits_130_with_one_line(monkeypatch, cap
         gc.unfreeze()
     assert stopped.value.code == 130
     assert capsys.readouterr().err == "trajcli: interrupted\n"
+
+
+def test_a_torch_file_whose_zip_record_claims_several_disks_gives_one_line(tmp_path):
+    """Found by the fuzz test above: zipfile raises BadZipFile from is_zipfile itself there."""
+    torch.save(random_trajectory(1)[0], tmp_path / "m_0.pt")
+    good = (tmp_path / "m_0.pt").read_bytes()
+    at = good.rfind(b"PK\x06\x07")  # the zip64 end-of-central-directory locator
+    bad = bytearray(good)
+    bad[at + 16] = 2  # its total number of disks
+    (tmp_path / "m_1.pt").write_bytes(bytes(bad))
+    _assert_one_error(run(["similarity", tmp_path]), 1, "m_1.pt")

@@ -141,3 +141,136 @@ def test_a_grams_file_whose_arrays_do_not_fit_its_record_is_not_used(tmp_path):
         assert result.exit_code == 0 and "reusing" not in result.stderr and "Traceback" not in result.stderr
         assert json.loads(result.stdout)["mds"] == _mds(tmp_path / "run")
     assert "reusing" in run(["similarity", tmp_path / "run", "--out", out]).stderr  # the rewritten one serves
+
+
+# ---- hostile or broken inputs: one line, never a traceback, a hang or a runaway allocation ----------
+
+def _one_error(result, code: int, *needles: str) -> str:
+    assert result.exit_code == code, (result.exit_code, result.stderr)
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("trajcli: error: ")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def test_a_stride_zero_tensor_is_refused_before_anything_is_read(tmp_path):
+    import torch
+
+    for i in range(3):  # 2 KB on disk, 10¹² values
+        torch.save({"w": torch.full((1, 1), float(i + 1)).expand(2**20, 2**20)}, tmp_path / f"m_{i}.pt")
+    _one_error(run(["similarity", tmp_path]), 1, "m_0.pt: tensor w [1048576, 1048576] stands for 4398046511104 bytes",
+               "its storage holds 4")
+    from trajcli.report.render import human_count
+
+    assert human_count(1_099_511_627_776) == "1.1T" and human_count(208_300) == "208.3k"
+
+
+def test_absurd_head_counts_are_checked_against_the_shape_before_any_range_is_built(tmp_path, monkeypatch):
+    from test_qkv import write_trajectory
+
+    from trajcli.arch import layouts
+
+    write_trajectory("gpt_neox", tmp_path / "run", n=3, seed=1)
+
+    def never(*args):
+        raise AssertionError("ranges built before the shape was checked")
+
+    monkeypatch.setattr(layouts, "fused_ranges", never)
+    _one_error(run(["qkv", tmp_path / "run", "--num-heads", "10000000", "--head-dim", "16"]), 1,
+               "H=10000000", "expects 3·H·hd = 480000000 along axis 0")
+    config = json.loads((tmp_path / "run" / "step0" / "config.json").read_text())
+    for k in range(3):
+        (tmp_path / "run" / f"step{k}" / "config.json").write_text(json.dumps({**config, "num_attention_heads": 0}))
+    _one_error(run(["qkv", tmp_path / "run"]), 1, "num_attention_heads in config.json is 0")
+
+
+_DEEP = "[" * 100_000 + "]" * 100_000
+_SIDE_FILES = {  # what a careless tool, a disk error or a hostile user leaves beside the weights
+    "deeply nested JSON": _DEEP.encode(),
+    "not UTF-8": b"\xff\xfe{\x00",
+    "a list, not an object": b"[1, 2, 3]",
+    "wrong types": json.dumps({"weight_map": 7, "global_step": "ten", "num_attention_heads": "4",
+                               "log_history": {"step": 1}, "architectures": 5}).encode(),
+    "zeros and negatives": json.dumps({"global_step": -3, "num_attention_heads": -2, "hidden_size": 0,
+                                       "log_history": [{"step": -1, "learning_rate": True}]}).encode(),
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("content", list(_SIDE_FILES), ids=list(_SIDE_FILES))
+@pytest.mark.parametrize("side_file", ["config.json", "trainer_state.json", "model.safetensors.index.json"])
+def test_broken_side_files_give_one_line_or_are_ignored(tmp_path, side_file, content):
+    for k, sd in enumerate(random_trajectory(3, seed=9)):
+        folder = save_safetensors_dir(tmp_path / "run" / f"checkpoint-{k + 1}", sd)
+        (folder / side_file).write_bytes(_SIDE_FILES[content])
+    for args in (["inspect"], ["similarity"], ["dynamics", "--lr", "0.1"], ["layers", "--by", "role"]):
+        result = run([args[0], tmp_path / "run", *args[1:], "-q"] if args[0] != "inspect" else [*args, tmp_path / "run"])
+        assert result.exit_code in (0, 1), (args, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        if result.exit_code:
+            _one_error(result, 1, side_file)
+
+
+@pytest.mark.parametrize("content", ["deeply nested JSON", "not UTF-8", "empty"])
+def test_broken_lr_files_and_hub_refs_give_one_line(tmp_path, content):
+    from helpers import save_hub_cache
+
+    for k, sd in enumerate(random_trajectory(3, seed=9)):
+        save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
+    (tmp_path / "lr.csv").write_bytes(_SIDE_FILES[content])
+    result = run(["dynamics", tmp_path / "run", "--lr-file", tmp_path / "lr.csv"])
+    _one_error(result, 2 if content == "not UTF-8" else 1, "--lr-file")
+    repo = save_hub_cache(tmp_path / "hub", {"step1": random_trajectory(1)[0], "step2": random_trajectory(1)[0]})
+    (repo / "refs" / "step2").write_bytes(_SIDE_FILES[content])
+    _one_error(run(["similarity", repo]), 1, "hub ref", "does not hold a commit hash")
+
+
+def test_hand_edited_result_files_give_one_line_in_plot(tmp_path):
+    _write(tmp_path / "run", seed=8)
+    run(["similarity", tmp_path / "run", "--out", tmp_path / "out", "-q"])
+    saved = json.loads((tmp_path / "out" / "similarity.json").read_text())
+    for k, edit in enumerate((lambda d: d.pop("labels"), lambda d: d.update(mode=5), lambda d: d.pop("checkpoints"))):
+        doc = json.loads(json.dumps(saved))
+        edit(doc)
+        (tmp_path / f"edited{k}.json").write_text(json.dumps(doc))
+        _one_error(run(["plot", tmp_path / f"edited{k}.json", "--out", tmp_path / f"plots{k}"]), 1,
+                   f"cannot draw {tmp_path / f'edited{k}.json'}")
+    (tmp_path / "deep.json").write_text(_DEEP)
+    _one_error(run(["plot", tmp_path / "deep.json", "--out", tmp_path / "plots"]), 1, "cannot read result file")
+
+
+def test_a_tensor_stored_as_integers_in_one_checkpoint_is_named_as_such(tmp_path):
+    import torch
+
+    sds = random_trajectory(3, seed=10)
+    sds[2]["embed.weight"] = sds[2]["embed.weight"].to(torch.int32)
+    for k, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
+    _one_error(run(["similarity", tmp_path / "run"]), 1,
+               "tensor embed.weight, a parameter in step0, is left out of step2: int32 tensor (not a trainable parameter)")
+
+
+def test_temp_files_of_a_killed_trajcli_are_cleaned_by_the_next_run(tmp_path):
+    _write(tmp_path / "run", seed=11)
+    out = tmp_path / "out"
+    (out / ".trajcli-pass").mkdir(parents=True)
+    stale = [out / ".grams.npz.k2j4_x9a.tmp", out / ".similarity.json.abcdefgh.tmp",
+             out / ".trajcli-pass" / ".part-0.npz.a1b2c3d4.tmp"]
+    for path in stale:
+        path.write_bytes(b"\0" * 64)
+    (out / "notes.tmp").write_text("mine")
+    (out / ".mine.tmp").write_text("mine too")
+    assert run(["similarity", tmp_path / "run", "--out", out, "-q"]).exit_code == 0
+    assert not any(p.exists() for p in stale)
+    assert (out / "notes.tmp").exists() and (out / ".mine.tmp").exists()
+
+
+def test_a_learning_rate_must_be_a_positive_finite_number(tmp_path):
+    _write(tmp_path / "run", seed=12)
+    for bad in ("nan", "inf", "0", "-1e-3"):
+        result = run(["dynamics", tmp_path / "run", "--lr", bad])
+        assert result.exit_code == 2 and "is not a learning rate" in result.stderr, (bad, result.stderr)
+    huge = run(["dynamics", tmp_path / "run", "--lr", "1e308", "--json"])
+    assert huge.exit_code == 0 and "RuntimeWarning" not in huge.stderr, huge.stderr

@@ -7,6 +7,7 @@ progress go to stderr. Exit codes: 0 success, 1 bad data or a failed run, 2 bad 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 import os
 import signal
@@ -523,8 +524,7 @@ def report(
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
     head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
-    if lr is not None and lr_file is not None:
-        raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
+    _check_lr(lr, lr_file)
     options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
     probe = None
     if data is not None:
@@ -548,6 +548,13 @@ class CurvatureRequest:
     settings: object  # trajcli.curvature.run.CurvatureSettings (imported lazily)
     momentum: float | None = None
     strict: bool = False  # weights holding NaN/Inf stop the walk
+
+
+def _check_lr(lr: float | None, lr_file: Path | None) -> None:
+    if lr is not None and lr_file is not None:
+        raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise typer.BadParameter(f"{lr} is not a learning rate (a positive finite number)", param_hint="'--lr'")
 
 
 def _curvature_settings(**kwargs):
@@ -664,8 +671,7 @@ def dynamics(
     from trajcli.io.lr import learning_rate_points
     from trajcli.report import render
 
-    if lr is not None and lr_file is not None:
-        raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
+    _check_lr(lr, lr_file)
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
     pattern = compile_regex(scale_invariant, "--scale-invariant")
@@ -736,8 +742,7 @@ def curvature(
     """
     from trajcli.report import render
 
-    if lr is not None and lr_file is not None:
-        raise typer.BadParameter("give --lr or --lr-file, not both", param_hint="'--lr'")
+    _check_lr(lr, lr_file)
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     settings = _curvature_settings(top_k=top_k, lanczos_iters=lanczos_iters, tol=tol, trace_samples=trace_samples,
                                    glass_samples=glass_samples, sigmas=_positive_floats(sigmas, "--sigmas", 2),

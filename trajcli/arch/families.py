@@ -127,8 +127,9 @@ def detect_family(config: dict | None, checkpoint_format: str, tensor_names: lis
         return Detection(family_by_name(arch), "--arch")
     families = load_families()
     if config:
-        archs = set(config.get("architectures") or ())
-        model_type = config.get("model_type")
+        listed = config.get("architectures")
+        archs = {a for a in listed if isinstance(a, str)} if isinstance(listed, list) else set()
+        model_type = config.get("model_type") if isinstance(config.get("model_type"), str) else None
         candidates = [f for f in families if (archs & set(f.architectures)) or (model_type in f.model_types)]
         fitting = [f for f in candidates if f.fits_config(config)]
         if len(fitting) == 1:

@@ -68,6 +68,13 @@ def _is_embedding(name: str, role: str) -> bool:
     return role == "embedding" or (role != "head" and "embed" in name.lower())
 
 
+def _positive(value: int, where: str) -> int:
+    if value < 1:
+        raise DataError(f"{where} is {value}; head counts and head_dim are positive whole numbers",
+                        "fix the file, or pass --num-heads / --num-kv-heads / --head-dim")
+    return value
+
+
 def resolve_heads(family: Family, config: dict | None, model_args: dict | None, flags: dict,
                   d_in: int | None) -> HeadCounts | None:
     """Head counts from flags, then config.json (the family's keys), then nanoGPT's model_args."""
@@ -80,9 +87,9 @@ def resolve_heads(family: Family, config: dict | None, model_args: dict | None, 
             for part in key.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
             if isinstance(value, int) and not isinstance(value, bool):
-                return value, f"{key} in config.json"
+                return _positive(value, f"{key} in config.json"), f"{key} in config.json"
         if kind == "num_heads" and model_args and isinstance(model_args.get("n_head"), int):
-            return model_args["n_head"], "n_head in model_args"
+            return _positive(model_args["n_head"], "n_head in model_args"), "n_head in model_args"
         return None, None
 
     h, h_src = lookup("num_heads")

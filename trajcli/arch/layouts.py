@@ -85,10 +85,20 @@ def check_heads(layout: str, heads: HeadCounts, family: str) -> None:
         raise DataError(f"{family}: {problem} ({heads.source})", "check --num-heads / --num-kv-heads / --head-dim or config.json")
 
 
+def expected_length(layout: str, part: str, heads: HeadCounts) -> int:
+    """The axis length a layout needs (as `fused_ranges` / `separate_ranges` would cover it), computed
+    without building a range per head: counts from a file or a flag can be absurd (10⁷ heads)."""
+    h, kv, hd = heads.num_heads, heads.num_kv_heads, heads.head_dim
+    if part != "qkv":
+        return (h if part == "q" else kv) * hd
+    return {"interleaved": 3 * h * hd, "multi_query": (h + 2) * hd, "grouped": kv * (h // kv + 2) * hd,
+            "contiguous": (h + 2 * kv) * hd, "codegen": 3 * h * hd}[layout]
+
+
 def axis_ranges(family_name: str, layout: str, part: str, heads: HeadCounts, tensor: str,
                 shape: tuple[int, ...], axis: int) -> list[Range]:
     """Ranges of one stored Q/K/V tensor, after checking its shape against the layout."""
-    expected, ranges = fused_ranges(layout, heads) if part == "qkv" else separate_ranges(part, heads)
+    expected = expected_length(layout, part, heads)
     if axis >= len(shape) or shape[axis] != expected:
         h, kv, hd = heads.num_heads, heads.num_kv_heads, heads.head_dim
         formula = {"interleaved": "3·H·hd", "multi_query": "(H+2)·hd", "grouped": "(H+2·KV)·hd",
@@ -99,4 +109,4 @@ def axis_ranges(family_name: str, layout: str, part: str, heads: HeadCounts, ten
             f"hd={hd} ({heads.source}) expects {formula} = {expected} along axis {axis}, found {got}",
             "check --num-heads / --num-kv-heads / --head-dim (or config.json), or --arch",
         )
-    return ranges
+    return (fused_ranges(layout, heads) if part == "qkv" else separate_ranges(part, heads))[1]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from trajcli.errors import DataError
 from trajcli.io.discover import Checkpoint
+from trajcli.io.jsonfile import read_json
 
 
 def find_model_config(checkpoints: list[Checkpoint]) -> tuple[dict | None, Path | None]:
@@ -15,11 +15,7 @@ def find_model_config(checkpoints: list[Checkpoint]) -> tuple[dict | None, Path 
         candidate = (ckpt.path if ckpt.path.is_dir() else ckpt.path.parent) / "config.json"
         if not candidate.is_file():
             continue
-        try:
-            config = json.loads(candidate.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"cannot read model config {candidate}: {exc}",
-                            "fix or remove the file, or pass --arch and the head counts") from None
+        config = read_json(candidate, "model config", "fix or remove the file, or pass --arch and the head counts")
         if not isinstance(config, dict):
             raise DataError(f"model config {candidate} is not a JSON object", "fix or remove the file")
         return config, candidate

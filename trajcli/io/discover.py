@@ -5,12 +5,12 @@ Only names and small metadata files are looked at here; tensors are opened by `t
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trajcli.errors import DataError, UsageError
+from trajcli.io.jsonfile import read_json
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -97,16 +97,11 @@ def is_weight_file(path: Path) -> bool:
 
 def _index_shards(index_path: Path) -> list[Path]:
     """Shard files named by a `*.index.json`, refused when a name leaves the checkpoint folder."""
-    try:
-        index = json.loads(index_path.read_text())
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(
-            f"cannot read shard index {index_path}: {exc.__class__.__name__}: {exc}",
-            "the index must be JSON with a 'weight_map' object (tensor name -> shard file)",
-        ) from None
+    hint = "the index must be JSON with a 'weight_map' object (tensor name -> shard file)"
+    index = read_json(index_path, "shard index", hint)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise DataError(f"shard index {index_path} has no 'weight_map' object", hint)
     shards: list[str] = []
     for tensor, shard in weight_map.items():
         if not isinstance(shard, str) or not shard or "/" in shard or "\\" in shard or shard in (".", ".."):
@@ -163,7 +158,12 @@ def _hub_cache(folder: Path) -> list[Checkpoint] | None:
         return None
     found = []
     for ref in sorted(p for p in refs.rglob("*") if p.is_file()):
-        commit = ref.read_text().strip()
+        try:
+            commit = ref.read_bytes().decode("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            commit = ""
+        if not re.fullmatch(r"[0-9a-f]{7,64}", commit):
+            raise DataError(f"hub ref {ref} does not hold a commit hash", "the cache is damaged: download the model again")
         snapshot = snapshots / commit
         if not snapshot.is_dir():
             continue
@@ -228,10 +228,11 @@ def _read_trainer_step(ckpt: Checkpoint) -> None:
     state = ckpt.path / "trainer_state.json" if ckpt.path.is_dir() else None
     if state is not None and state.is_file():
         try:
-            step = json.loads(state.read_text()).get("global_step")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            step = None
-        if isinstance(step, int):
+            saved = read_json(state, "trainer state", "")
+        except DataError:
+            saved = None  # a damaged trainer_state.json: the step comes from the name
+        step = saved.get("global_step") if isinstance(saved, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
             ckpt.step, ckpt.step_source = step, "trainer_state.json"
             return
     step = step_from_name(ckpt.name)

@@ -248,7 +248,10 @@ def _check_consistent(inv: Inventory, include, exclude, on_mismatch: str) -> Non
             other = theirs.get(name)
             if other is not None and other.shape == info.shape:
                 continue
-            if other is None:
+            if other is None and name in reader.others:  # stored there, but not as a parameter (an int, fp8 …)
+                why = dict(reader.left_out).get(reader.others[name].stored_name, "not a parameter")
+                problem = f"tensor {name}, a parameter in {first.name}, is left out of {ckpt.name}: {why}"
+            elif other is None:
                 problem = f"tensor {name} of {first.name} {list(info.shape)} is missing from {ckpt.name}"
             else:
                 problem = f"checkpoint {ckpt.name}: tensor {name} has shape {list(other.shape)}, but {first.name} has {list(info.shape)}"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
+import math
 from pathlib import Path
 
 from trajcli.errors import DataError, UsageError
 from trajcli.io.inventory import Inventory
+from trajcli.io.jsonfile import read_json
 
 
 def _trainer_log(inv: Inventory) -> list[tuple[int, float]]:
@@ -18,9 +19,10 @@ def _trainer_log(inv: Inventory) -> list[tuple[int, float]]:
         if state is None or not state.is_file():
             continue
         try:
-            history = json.loads(state.read_text()).get("log_history", [])
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            continue
+            saved = read_json(state, "trainer state", "")
+        except DataError:
+            continue  # a damaged trainer_state.json says nothing of the learning rate
+        history = saved.get("log_history", []) if isinstance(saved, dict) else []
         for entry in history if isinstance(history, list) else []:
             if isinstance(entry, dict) and isinstance(entry.get("step"), int) and isinstance(entry.get("learning_rate"), (int, float)):
                 points[entry["step"]] = float(entry["learning_rate"])
@@ -29,15 +31,22 @@ def _trainer_log(inv: Inventory) -> list[tuple[int, float]]:
 
 def _lr_file(path: Path) -> list[tuple[int, float]]:
     try:
-        rows = list(csv.reader(path.read_text().splitlines()))
+        rows = list(csv.reader(path.read_bytes().decode("utf-8").splitlines()))
+    except csv.Error as exc:  # a field longer than csv allows, a NUL byte …
+        raise DataError(f"--lr-file {path} is not a CSV of step,lr rows: {exc}", "e.g. a header step,lr then 0,3e-4") from None
     except OSError as exc:
         raise UsageError(f"--lr-file {path}: {exc.strerror}", "a CSV file with columns step,lr") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--lr-file {path} is not UTF-8 text (byte {exc.start})", "a CSV file with columns step,lr") from None
     points = []
     for i, row in enumerate(rows):
         if not row or (i == 0 and not row[0].strip().lstrip("-").isdigit()):
             continue  # blank line or header
         try:
-            points.append((int(row[0]), float(row[1])))
+            step, rate = int(row[0]), float(row[1])
+            if not (math.isfinite(rate) and rate >= 0):
+                raise ValueError(rate)
+            points.append((step, rate))
         except (ValueError, IndexError):
             raise DataError(f"--lr-file {path} line {i + 1}: {','.join(row)!r} is not step,lr", "e.g. 1000,3e-4") from None
     if not points:

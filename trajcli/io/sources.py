@@ -274,7 +274,9 @@ def _check_index(ckpt: Checkpoint, found_in: dict[str, int]) -> None:
             )
 
 
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported (?:global|operand)[^:]*:\s*(?:GLOBAL\s+)?([^\s]+)")
+# torch's wordings over versions: "Unsupported global: GLOBAL os.system", "unsupported GLOBAL posix.system"
+_UNSUPPORTED_GLOBAL = re.compile(r"unsupported (?:global|operand)[^:\n]*?(?::\s*|\s)(?:GLOBAL\s+)?([\w.]+)",
+                                 re.IGNORECASE)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -312,7 +314,10 @@ def load_torch_file(path: Path) -> object:
 
 
 def _is_legacy_pickle(path: Path) -> bool:
-    return not zipfile.is_zipfile(path)
+    try:
+        return not zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError):  # a damaged zip ("spans multiple disks"): not the old format
+        return False
 
 
 def unwrap_state_dict(obj: object, path: Path) -> tuple[dict, str, int | None, str | None]:
@@ -394,6 +399,13 @@ class TorchReader(CheckpointReader):
             self.size_bytes += path.stat().st_size
             for key, t in tensors.items():
                 found_in[key] = file_idx
+                needed = t.numel() * t.element_size()
+                if t.untyped_storage().nbytes() < needed:  # stride 0 (expand) or overlapping views
+                    raise DataError(
+                        f"{path}: tensor {key} {list(t.shape)} stands for {needed} bytes of values but its storage "
+                        f"holds {t.untyped_storage().nbytes()} (an expanded or overlapping view)",
+                        "save real weights: torch.save({k: v.contiguous().clone() for k, v in state_dict.items()}, f)",
+                    )
                 tie = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
                 if t.numel() and tie in seen_storage:
                     self.left_out.append((key, f"tied to {seen_storage[tie]} (same storage, counted once)"))

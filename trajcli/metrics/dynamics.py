@@ -29,7 +29,7 @@ def group_dynamics(basis: np.ndarray, steps: list[int], bad: set[int] = frozense
     n = len(steps)
     angle = np.asarray(tm.degrees(np.diagonal(cos, 1)), dtype=float)  # cos[k, k + 1], k < n − 1
     dsteps = np.array([steps[k + 1] - steps[k] for k in range(n - 1)], dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         per_step = np.where(dsteps > 0, angle / dsteps, np.nan)
         per_sqrt = np.where(dsteps > 0, angle / np.sqrt(dsteps), np.nan)
         eff_lr = np.array([np.nan if lr is None or lr[k] is None else lr[k] / norm2[k] for k in range(n)])

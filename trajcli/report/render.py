@@ -28,7 +28,7 @@ def human_bytes(n: int) -> str:
 
 
 def human_count(n: int) -> str:
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if n >= div:
             return f"{n / div:.1f}{unit}"
     return str(n)
@@ -298,7 +298,7 @@ def _load_result(path: Path) -> dict:
     try:
         doc = json.loads(path.read_text())
         schema = doc["schema"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise DataError(f"cannot read result file {path}: {exc.__class__.__name__}: {exc}",
                         "pass similarity.json, layers.json or qkv.json files written by trajcli") from None
     if schema not in (SIMILARITY_SCHEMA, LAYERS_SCHEMA, QKV_SCHEMA):
@@ -336,6 +336,17 @@ def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format
     by_schema: dict[str, list[tuple[str, dict]]] = {}
     for name, doc in zip(names, docs):
         by_schema.setdefault(doc["schema"], []).append((name, doc))
+    try:
+        _draw_results(by_schema, out, plot_format, written)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # a field missing or mangled
+        shown = ", ".join(str(p) for p in results)
+        raise DataError(f"cannot draw {shown}: a field its plots need is missing or not what trajcli writes "
+                        f"({exc.__class__.__name__}: {exc})", "pass result files as trajcli wrote them") from None
+    return [out / n for n in written]
+
+
+def _draw_results(by_schema: dict[str, list[tuple[str, dict]]], out: Path, plot_format: str,
+                  written: list[str]) -> None:
     with OutputSet(out) as files:
         def draw(base: str, name: str, many: bool, plot, *args) -> None:
             safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
@@ -364,7 +375,6 @@ def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format
                 draw("qkv_overlay", "", False, plots.qkv_curves, [(name, _without_maps(doc)) for name, doc in runs])
             if many and schema == LAYERS_SCHEMA:
                 draw("layers_overlay", "", False, plots.layers_overlay, [(name, _without_maps(doc)) for name, doc in runs])
-    return [out / n for n in written]
 
 
 # ---- trajcli report ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import os
+import re
 import socket
 import tempfile
 from pathlib import Path
@@ -173,7 +174,20 @@ def lock_out_dir(out: Path) -> str | None:
         note = (f"took over the lock of a trajcli that is gone (pid {holder[0]})" if holder
                 else f"replaced an unreadable {lock}")
     _HELD.append(lock)
+    _remove_stale_temps(out)
     return note
+
+
+# What OutputSet's temp files look like (".NAME.XXXXXXXX.tmp"): left behind only by a process that
+# was killed (SIGKILL) while writing; with the folder held, no trajcli writes them now.
+_OUR_TEMP = re.compile(r"^\.[\w.-]+\.(json|csv|npy|npz|png|svg|pdf|html)\.\w{8}\.tmp$")
+
+
+def _remove_stale_temps(out: Path) -> None:
+    for folder in (out, out / ".trajcli-pass"):  # results and Grams; the pass journal's parts
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if _OUR_TEMP.match(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
 
 
 def release_out_dirs() -> None:
