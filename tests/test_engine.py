@@ -151,3 +151,56 @@ def test_overlapped_reading_equals_reading_in_place(tmp_path, read_threads):
     assert overlapped.nonfinite == alone.nonfinite == {"embed.weight": {3: 1}}
     for leaf in alone.basis:
         np.testing.assert_array_equal(overlapped.basis[leaf], alone.basis[leaf])
+
+
+def test_a_row_wider_than_the_budget_is_read_in_pieces_within_it(tmp_path):
+    """Fused MoE experts (E, d, 2f): one row along the first axis is larger than the budget; the
+    pass still stays within it (pieces of a row), and the Grams are exact."""
+    budget = 1 << 18  # 256 KiB
+    shapes = {"experts.w": (2, 256, 256), "gate.weight": (3, 256)}  # one expert row: 256 KiB in fp32
+    sds = random_trajectory(4, seed=8, shapes=shapes)
+    for j, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / f"step{j}", sd)
+    inv = take_inventory(discover_checkpoints([str(tmp_path)]), Selection())
+    assert 256 * 256 * 8 * 4 > budget  # a single row, as float64 for 4 checkpoints, is 8× the budget
+    tracemalloc.start()
+    try:
+        grams = accumulate(inv, budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        inv.close()
+    assert peak <= budget
+    basis, _ = grams.whole()
+    np.testing.assert_allclose(basis, _explicit_basis(sds), rtol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunk_elems=st.integers(min_value=1, max_value=40))
+def test_leaves_of_pieces_of_rows_are_exact_for_every_chunk_size(tmp_path_factory, chunk_elems):
+    """Row cuts (Q/K/V parts of a fused [3d, d] projection) and column cuts (GPT-2's Conv1D [d, 3d])
+    stay exact when chunks are pieces of rows."""
+    from trajcli.arch.grouping import Segment
+    from trajcli.engine.gram import chunk_elems_for
+
+    folder = tmp_path_factory.mktemp("cuts")
+    shapes = {"rows.weight": (6, 10), "cols.weight": (4, 9)}
+    sds = random_trajectory(3, seed=2, shapes=shapes)
+    for j, sd in enumerate(sds):
+        save_safetensors_dir(folder / f"step{j}", sd)
+    segments = {"rows.weight": Segment(0, ((0, 2, "r.q"), (2, 5, "r.k"), (5, 6, "r.v"))),
+                "cols.weight": Segment(1, ((0, 3, "c.q"), (3, 7, "c.k"), (7, 9, "c.v")))}
+    inv = take_inventory(discover_checkpoints([str(folder)]), Selection())
+    budget = chunk_elems * 4 * 8 * 3
+    assert chunk_elems_for(3, budget) == chunk_elems
+    try:
+        grams = accumulate(inv, budget, segments=segments)
+    finally:
+        inv.close()
+    picks = {"r.q": ("rows.weight", np.s_[0:2, :]), "r.k": ("rows.weight", np.s_[2:5, :]),
+             "r.v": ("rows.weight", np.s_[5:6, :]), "c.q": ("cols.weight", np.s_[:, 0:3]),
+             "c.k": ("cols.weight", np.s_[:, 3:7]), "c.v": ("cols.weight", np.s_[:, 7:9])}
+    for leaf, (tensor, where) in picks.items():
+        x = np.stack([sd[tensor].to(torch.float64).numpy()[where].ravel() for sd in sds])
+        b = np.concatenate([x[:1], np.diff(x, axis=0)])
+        np.testing.assert_allclose(grams.basis[leaf], b @ b.T, rtol=1e-12, atol=1e-12, err_msg=leaf)

@@ -124,8 +124,8 @@ def test_bf16_and_mixed_dtypes_match_the_stored_values(tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 def test_safetensors_rows_are_the_stored_values_bit_for_bit(tmp_path, dtype):
-    """Rows are converted by numpy from a mapping of the file (no torch): every value exactly as torch
-    converts it, for row ranges of matrices, slices of vectors and scalars (extreme values included)."""
+    """Ranges are read and converted by numpy (no torch): every value exactly as torch converts it,
+    for row ranges and pieces of rows of matrices, slices of vectors and scalars (extreme values)."""
     from trajcli.io.discover import discover_checkpoints
     from trajcli.io.sources import open_checkpoint
 
@@ -137,9 +137,9 @@ def test_safetensors_rows_are_the_stored_values_bit_for_bit(tmp_path, dtype):
     save_safetensors_dir(tmp_path / "step0", stored)
     reader = open_checkpoint(discover_checkpoints([str(tmp_path / "step0")]).checkpoints[0])
     try:
-        for name, start, stop in (("m.weight", 0, 7), ("m.weight", 2, 5), ("v.bias", 3, 9), ("s.scale", 0, 1),
-                                  ("e.weight", 0, 1)):
-            want = stored[name].reshape(-1, *stored[name].shape[1:])[start:stop] if stored[name].dim() else stored[name]
+        for name, start, stop in (("m.weight", 0, 7 * 5), ("m.weight", 2 * 5, 5 * 5), ("m.weight", 3, 9),
+                                  ("v.bias", 3, 9), ("s.scale", 0, 1), ("e.weight", 1, 3)):
+            want = stored[name].reshape(-1)[start:stop]  # elements of the flattened tensor
             out = np.full(want.numel(), np.nan)
             reader.read_into(name, start, stop, out)
             assert out.tobytes() == want.to(torch.float64).reshape(-1).numpy().tobytes(), name
@@ -158,8 +158,8 @@ def test_a_safetensors_file_cut_short_after_opening_names_file_and_tensor(tmp_pa
     path.write_bytes(path.read_bytes()[:-600])  # the second tensor's rows are gone
     try:
         last = max(reader.tensors, key=lambda n: reader.tensors[n].stored_name)
-        with pytest.raises(DataError, match=f"{last}.*rows 32:64 of {path}"):
-            reader.read_into(last, 32, 64, np.empty(128))
+        with pytest.raises(DataError, match=f"{last}.*elements 128:256 of {path}.*truncated"):
+            reader.read_into(last, 128, 256, np.empty(128))
     finally:
         reader.close()
 

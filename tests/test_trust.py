@@ -274,3 +274,35 @@ def test_a_learning_rate_must_be_a_positive_finite_number(tmp_path):
         assert result.exit_code == 2 and "is not a learning rate" in result.stderr, (bad, result.stderr)
     huge = run(["dynamics", tmp_path / "run", "--lr", "1e308", "--json"])
     assert huge.exit_code == 0 and "RuntimeWarning" not in huge.stderr, huge.stderr
+
+
+_TRUNCATE_AT_FIRST_PRODUCT = """
+import os, sys
+from trajcli.engine import gram
+from trajcli.launch import main
+original = gram._NumpyProducts.__call__
+target = sys.argv[1]
+def products(self, x, chunk):
+    if os.path.getsize(target) > 1024:
+        os.truncate(target, 1024)  # a trainer re-saving the file, a full disk: cut short mid-pass
+    return original(self, x, chunk)
+gram._NumpyProducts.__call__ = products
+sys.argv = ["trajcli", *sys.argv[2:]]
+main()
+"""
+
+
+def test_a_file_cut_short_while_it_is_read_fails_with_one_line_not_sigbus(tmp_path):
+    """In a separate process: with reads through a mapping, touching a page past the new end killed
+    the process with SIGBUS (exit 135, nothing on stderr)."""
+    shapes = {"w": (512, 512), "v": (512, 512)}  # two chunks each under the smallest budget
+    for k, sd in enumerate(random_trajectory(3, seed=13, shapes=shapes)):
+        save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
+    target = tmp_path / "run" / "step2" / "model.safetensors"
+    done = subprocess.run([sys.executable, "-c", _TRUNCATE_AT_FIRST_PRODUCT, str(target), "similarity",
+                           str(tmp_path / "run"), "--memory-budget", "16MiB", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert f"of {target}: it ends before them (truncated, or cut short while it was read)" in done.stderr
+    assert not (tmp_path / "out" / "grams.npz").exists()

@@ -65,10 +65,13 @@ def chunk_elems_for(n_checkpoints: int, memory_budget_bytes: int) -> int:
 
 @dataclass(frozen=True)
 class _Chunk:
+    """Elements [start, stop) of a tensor flattened in storage order: whole rows (along the first
+    axis), or — where one row is wider than a chunk (fused MoE experts) — a piece of one row."""
+
     spec: TensorSpec
     segment: Segment
-    row_start: int
-    row_stop: int
+    start: int
+    stop: int
 
     @property
     def row_elems(self) -> int:
@@ -76,19 +79,31 @@ class _Chunk:
 
     @property
     def n_elems(self) -> int:
-        return (self.row_stop - self.row_start) * self.row_elems
+        return self.stop - self.start
+
+    @property
+    def last(self) -> bool:
+        """Whether this is the tensor's last chunk."""
+        return self.stop == self.spec.numel
 
 
 def _plan_chunks(inv: Inventory, segments: dict[str, Segment], chunk_elems: int, skip=()) -> list[_Chunk]:
-    """Row chunks of every analysed tensor but those in `skip`, in order; a tensor's are consecutive."""
+    """Chunks of every analysed tensor but those in `skip`, in order, none over `chunk_elems`
+    elements; a tensor's are consecutive."""
     chunks = []
     for spec in inv.tensors:
         if spec.name in skip:
             continue
         segment = segments.get(spec.name) or whole_segment(spec)
-        rows_per_chunk = max(1, chunk_elems // (spec.numel // spec.n_rows))
-        for row_start in range(0, spec.n_rows, rows_per_chunk):
-            chunks.append(_Chunk(spec, segment, row_start, min(spec.n_rows, row_start + rows_per_chunk)))
+        row_elems = spec.numel // spec.n_rows
+        if row_elems <= chunk_elems:
+            rows_per_chunk = chunk_elems // row_elems
+            for row in range(0, spec.n_rows, rows_per_chunk):
+                chunks.append(_Chunk(spec, segment, row * row_elems, min(spec.n_rows, row + rows_per_chunk) * row_elems))
+            continue
+        for row_start in range(0, spec.numel, row_elems):  # pieces of each row: no chunk spans two rows
+            for start in range(row_start, row_start + row_elems, chunk_elems):
+                chunks.append(_Chunk(spec, segment, start, min(row_start + row_elems, start + chunk_elems)))
     return chunks
 
 
@@ -157,7 +172,7 @@ def accumulate(
             if not products.finite(parts):
                 parts = _products_without_nonfinite(inv, chunk, x, products, grams)
             add_parts(sums, parts)
-            if journal is not None and chunk.row_stop == chunk.spec.n_rows:  # the tensor's last chunk
+            if journal is not None and chunk.last:
                 tensor_finished(journal, chunk, sums, grams, products.to_numpy)
             if on_bytes is not None:
                 on_bytes(chunk_bytes(inv, chunk))
@@ -226,14 +241,20 @@ def _leaf_slices(x: np.ndarray, chunk: _Chunk):
     if len(segment.ranges) == 1:
         yield segment.ranges[0][2], x
         return
-    n, rows, row_elems = x.shape[0], chunk.row_stop - chunk.row_start, chunk.row_elems
+    n, row_elems = x.shape[0], chunk.row_elems
+    whole_rows = chunk.start % row_elems == 0 and chunk.n_elems % row_elems == 0
+    first_col = chunk.start % row_elems  # a piece of one row: its first column
     for start, stop, leaf in segment.ranges:
-        if segment.axis == 0:
-            lo, hi = max(start, chunk.row_start) - chunk.row_start, min(stop, chunk.row_stop) - chunk.row_start
+        if segment.axis == 0:  # rows: a range of the flat chunk
+            lo, hi = max(start * row_elems, chunk.start), min(stop * row_elems, chunk.stop)
             if hi > lo:
-                yield leaf, x[:, lo * row_elems: hi * row_elems]  # strided rows, no copy
-        else:  # columns of a 2-D [rows, cols] tensor (GPT-2's Conv1D): reshape copies them
-            yield leaf, x.reshape(n, rows, row_elems)[:, :, start:stop].reshape(n, -1)
+                yield leaf, x[:, lo - chunk.start: hi - chunk.start]  # strided rows, no copy
+        elif whole_rows:  # columns of a 2-D [rows, cols] tensor (GPT-2's Conv1D): reshape copies them
+            yield leaf, x.reshape(n, chunk.n_elems // row_elems, row_elems)[:, :, start:stop].reshape(n, -1)
+        else:  # columns within a piece of one row
+            lo, hi = max(start, first_col), min(stop, first_col + chunk.n_elems)
+            if hi > lo:
+                yield leaf, x[:, lo - first_col: hi - first_col]
 
 
 class _NumpyProducts:
@@ -300,7 +321,7 @@ def _products_for(device: str):
 def _read_chunk(inv: Inventory, chunk: _Chunk, x: np.ndarray, pool: ThreadPoolExecutor | None = None) -> None:
     """Rows of every checkpoint into x (n_ckpt, elems); with `pool`, the checkpoints in parallel."""
     def read(k: int) -> None:
-        inv.readers[k].read_into(chunk.spec.name, chunk.row_start, chunk.row_stop, x[k])
+        inv.readers[k].read_into(chunk.spec.name, chunk.start, chunk.stop, x[k])
 
     if pool is None or chunk.n_elems < _PARALLEL_MIN_ELEMS:
         for k in range(len(inv.readers)):

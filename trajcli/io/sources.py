@@ -1,22 +1,17 @@
-"""Lazy tensor sources: names, shapes and dtypes from headers; rows read on demand.
+"""Lazy tensor sources: names, shapes and dtypes from headers; ranges of elements read on demand.
 
-A `CheckpointReader` never loads a whole model. safetensors files are opened with `safe_open` and
-read by row slices; torch files are loaded with `weights_only=True, mmap=True`, so their storages are
-mapped rather than read, and rows are copied out of the mapping when asked for.
-
-Rows of a safetensors file in float64, float32, float16 or bfloat16 (what checkpoints hold) are
-converted by numpy straight from a read-only mapping of the file into the caller's float64 buffer,
-with no intermediate tensor (exact conversions; as fast as torch's copy of a safetensors slice). torch
-is imported only for other dtypes, torch files and whole tensors: listing safetensors headers
-(inspect, a command answered from saved Grams, plot) and a Dask worker reading safetensors rows do
-without its ~1.5–2 s import.
+A `CheckpointReader` never loads a whole model. safetensors files are opened with `safe_open` for
+their headers and read with pread, range by range; torch files are loaded with `weights_only=True,
+mmap=True`, so their storages are mapped rather than read, and ranges are copied out of the mapping
+when asked for. torch is imported only for other dtypes, torch files and whole tensors.
 """
 
 from __future__ import annotations
 
-import mmap
+import os
 import pickle
 import re
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,20 +69,24 @@ class CheckpointReader:
     identity: list = field(default_factory=list)  # per file, as `file_identity` took it before opening
     _handles: list = field(default_factory=list)
 
-    def read_into(self, name: str, row_start: int, row_stop: int, out: np.ndarray) -> None:
-        """Copy rows [row_start, row_stop) of tensor `name`, flattened, into float64 `out`."""
-        self._copy_rows(self.tensors[name], row_start, row_stop, out)
+    def read_into(self, name: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Copy elements [start, stop) of tensor `name`, flattened in storage order, into float64 `out`
+        (a range of rows, or a piece of one row wider than a chunk)."""
+        self._copy_elems(self.tensors[name], start, stop, out)
 
-    def _copy_rows(self, info: TensorInfo, row_start: int, row_stop: int, out: np.ndarray) -> None:
-        """`read_into` through torch: the rows as a tensor (`_rows`), converted into `out`."""
+    def _copy_elems(self, info: TensorInfo, start: int, stop: int, out: np.ndarray) -> None:
+        """`read_into` through torch: the rows that hold the range (`_rows`, a view where the storage
+        allows), the range of them converted into `out`."""
         import torch
 
-        chunk = self._rows(info, row_start, row_stop)
+        row_elems = info.numel // info.n_rows
+        first = start // row_elems
+        rows = self._rows(info, first, -(-stop // row_elems)).reshape(-1)
         try:
-            torch.from_numpy(out).copy_(chunk.reshape(-1))
+            torch.from_numpy(out).copy_(rows[start - first * row_elems: stop - first * row_elems])
         except RuntimeError as exc:
             raise DataError(
-                f"cannot read tensor {info.stored_name} rows {row_start}:{row_stop} of "
+                f"cannot read tensor {info.stored_name} elements {start}:{stop} of "
                 f"{self.checkpoint.files[info.file_idx]}: {exc}",
                 "the file is damaged; re-create or re-download it",
             ) from None
@@ -144,45 +143,47 @@ def _without_prefixes(names: dict[str, str], ckpt: Checkpoint) -> dict[str, str]
 
 @dataclass
 class SafetensorsReader(CheckpointReader):
-    """Headers through safetensors' numpy binding (it validates them and needs no torch). Rows of the
-    float dtypes checkpoints hold: straight from a read-only mapping of the file (`_copy_rows`);
-    others and whole tensors: through safetensors' torch binding, opened per file on the first read."""
+    """Headers through safetensors' numpy binding (it validates them and needs no torch). Ranges of
+    the float dtypes checkpoints hold: read from the file with pread (`_copy_elems`), float64 straight
+    into the caller's buffer, others through one scratch buffer per thread; others and whole tensors:
+    through safetensors' torch binding, opened per file on the first read. Reads, not a mapping: a
+    file cut short while it is read is then a short read, an error naming it, where touching a
+    mapped page past the end kills the process (SIGBUS)."""
 
     _where: list = field(default_factory=list)  # per file: (first data byte, {stored name: data offset})
-    _maps: list = field(default_factory=list)  # per file: its read-only mapping, once rows were read
+    _fds: list = field(default_factory=list)  # per file: its descriptor, once something was read
 
-    def _copy_rows(self, info: TensorInfo, row_start: int, row_stop: int, out: np.ndarray) -> None:
+    def _copy_elems(self, info: TensorInfo, start: int, stop: int, out: np.ndarray) -> None:
         if info.dtype not in _MAPPED_DTYPES:
-            return super()._copy_rows(info, row_start, row_stop, out)
+            return super()._copy_elems(info, start, stop, out)
         path = self.checkpoint.files[info.file_idx]
         dtype = _MAPPED_DTYPES[info.dtype]
-        row_elems = info.numel // info.n_rows
-        count = (row_stop - row_start) * row_elems if info.shape else 1
+        count = stop - start
+        direct = dtype == out.dtype  # float64 stored: read into `out` itself
+        target = out[:count] if direct else _scratch(count * dtype.itemsize)
+        data_start, offsets = self._where[info.file_idx]
+        offset = data_start + offsets[info.stored_name] + start * dtype.itemsize
         try:
-            if not self._maps:
-                self._maps.extend([None] * len(self.checkpoint.files))
-            mapped = self._maps[info.file_idx]
-            if mapped is None:
-                with open(path, "rb") as f:
-                    mapped = self._maps[info.file_idx] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            data_start, offsets = self._where[info.file_idx]
-            start = data_start + offsets[info.stored_name] + row_start * row_elems * dtype.itemsize
-            stored = np.frombuffer(mapped, dtype, count, start)
-        except (OSError, ValueError) as exc:  # ValueError: the file is shorter than its header says
-            raise DataError(
-                f"cannot read tensor {info.stored_name} rows {row_start}:{row_stop} of {path}: {_one_line(exc)}",
-                "the file is truncated or damaged; re-create or re-download it",
-            ) from None
-        _convert_into(out, stored, info.dtype == "bfloat16")
-        del stored  # the mapping can be closed only once no array views it
-        _release(mapped, start, count * dtype.itemsize)
+            if not self._fds:
+                self._fds.extend([None] * len(self.checkpoint.files))
+            if self._fds[info.file_idx] is None:
+                self._fds[info.file_idx] = os.open(path, os.O_RDONLY)
+            _pread_exactly(self._fds[info.file_idx], memoryview(target).cast("B"), offset)
+        except (OSError, EOFError) as exc:
+            why = "it ends before them (truncated, or cut short while it was read)" if isinstance(exc, EOFError) \
+                else _one_line(exc)
+            raise DataError(f"cannot read tensor {info.stored_name} elements {start}:{stop} of {path}: {why}",
+                            "the file is truncated or damaged; re-create or re-download it "
+                            "(or wait until whatever writes it is done)") from None
+        if not direct:
+            _convert_into(out, np.frombuffer(target, dtype, count), info.dtype == "bfloat16")
 
     def close(self) -> None:
         super().close()
-        for mapped in self._maps:
-            if mapped is not None:
-                mapped.close()
-        self._maps.clear()
+        for fd in self._fds:
+            if fd is not None:
+                os.close(fd)
+        self._fds.clear()
 
     def _open(self) -> None:
         stored = []
@@ -236,10 +237,9 @@ def _data_offsets(path: Path) -> tuple[int, dict[str, int]]:
     return 8 + length, {k: v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
 
 
-# Stored dtypes read straight from the mapping (safetensors data is little-endian); bfloat16 as its bits.
+# Stored dtypes read by numpy from the file (safetensors data is little-endian); bfloat16 as its bits.
 _MAPPED_DTYPES = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
                   "bfloat16": np.dtype("<u2")}
-_PAGE = mmap.PAGESIZE
 
 
 def _convert_into(out: np.ndarray, stored: np.ndarray, bfloat16: bool) -> None:
@@ -250,12 +250,24 @@ def _convert_into(out: np.ndarray, stored: np.ndarray, bfloat16: bool) -> None:
         np.copyto(out, stored)
 
 
-def _release(mapped: mmap.mmap, start: int, length: int) -> None:
-    """Unmap the pages just copied from (they stay in the page cache): the mapping of a checkpoint
-    never grows this process's resident memory by more than a chunk."""
-    if hasattr(mmap, "MADV_DONTNEED"):
-        first = start - start % _PAGE
-        mapped.madvise(mmap.MADV_DONTNEED, first, start + length - first)
+_SCRATCH = threading.local()  # per reading thread: the bytes of a chunk before their conversion
+
+
+def _scratch(n_bytes: int) -> np.ndarray:
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.size < n_bytes:
+        buffer = _SCRATCH.buffer = np.empty(n_bytes, dtype=np.uint8)
+    return buffer[:n_bytes]
+
+
+def _pread_exactly(fd: int, target: memoryview, offset: int) -> None:
+    """Fill `target` from `fd` at `offset`; EOFError when the file ends first."""
+    done = 0
+    while done < len(target):
+        got = os.preadv(fd, [target[done:]], offset + done)
+        if got == 0:
+            raise EOFError
+        done += got
 
 
 def _check_index(ckpt: Checkpoint, found_in: dict[str, int]) -> None:
