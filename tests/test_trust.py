@@ -306,3 +306,97 @@ def test_a_file_cut_short_while_it_is_read_fails_with_one_line_not_sigbus(tmp_pa
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert f"of {target}: it ends before them (truncated, or cut short while it was read)" in done.stderr
     assert not (tmp_path / "out" / "grams.npz").exists()
+
+
+@pytest.mark.parametrize("address", ["", "bogus", ":notaport", "tls://", "inproc://x", "tcp://host:99999"])
+def test_a_scheduler_address_that_is_none_is_refused_before_anything_is_read(tmp_path, address):
+    _write(tmp_path / "run", seed=14)
+    _one_error(run(["similarity", tmp_path / "run", "--scheduler", address]), 2, "is not the address of a Dask scheduler")
+
+
+@pytest.mark.parametrize("peer", ["silent", "garbage"])
+def test_a_port_that_is_no_dask_scheduler_fails_within_the_timeout(tmp_path, monkeypatch, peer):
+    """An HTTP server, the dashboard's port, anything that accepts: one line after the timeout, never
+    a wait without end, a traceback or an allocation of exabytes."""
+    import socket
+    import threading
+
+    pytest.importorskip("distributed")
+    from trajcli.engine import distributed
+
+    _write(tmp_path / "run", seed=15)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        held = []
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            held.append(conn)
+            if peer == "garbage":
+                conn.sendall(b"\xff" * 64 + b"HTTP/1.0 400 Bad Request\r\n\r\n")
+        for conn in held:
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    monkeypatch.setattr(distributed, "SCHEDULER_TIMEOUT_S", 3.0)
+    try:
+        result = run(["similarity", tmp_path / "run", "--scheduler", f"tcp://127.0.0.1:{port}", "-q"])
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    line = _one_error(result, 1, f"tcp://127.0.0.1:{port}")
+    assert "no Dask scheduler answered" in line or "cannot connect to a Dask scheduler" in line
+
+
+def test_a_full_disk_or_stdout_gives_one_line(tmp_path, monkeypatch):
+    _write(tmp_path / "run", seed=16)
+    done = subprocess.run([sys.executable, "-m", "trajcli", "similarity", str(tmp_path / "run"), "--json", "-q"],
+                          stdout=open("/dev/full", "w") if os.path.exists("/dev/full") else subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    if os.path.exists("/dev/full"):
+        assert done.returncode == 1 and "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+        assert done.stderr.startswith("trajcli: error: cannot write standard output: No space left on device")
+
+    import errno
+
+    from trajcli.report import writers
+
+    def full(self, name, doc):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.out / name))
+
+    monkeypatch.setattr(writers.OutputSet, "json", full)
+    _one_error(run(["similarity", tmp_path / "run", "--out", tmp_path / "out"]), 1,
+               f"cannot write {tmp_path / 'out' / 'similarity.json'}: No space left on device")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grams.npz"]  # no temp file, no journal
+
+
+def test_an_unreadable_folder_gives_one_line(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    _write(tmp_path / "run", seed=17)
+    original = Path.iterdir
+
+    def denied(self):
+        if self.name == "run":
+            raise PermissionError(13, "Permission denied", str(self))
+        return original(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    _one_error(run(["similarity", tmp_path / "run"]), 1, f"cannot read {tmp_path / 'run'}: Permission denied")
+
+
+def test_an_empty_out_is_a_usage_error_not_the_current_folder(tmp_path, monkeypatch):
+    _write(tmp_path / "run", seed=18)
+    monkeypatch.chdir(tmp_path)
+    for command in (["similarity", tmp_path / "run"], ["report", tmp_path / "run"], ["plot", tmp_path / "x.json"]):
+        result = run([*command, "--out", ""])
+        assert result.exit_code == 2 and "an empty folder name would write into the current folder" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

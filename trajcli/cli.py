@@ -6,11 +6,13 @@ progress go to stderr. Exit codes: 0 success, 1 bad data or a failed run, 2 bad 
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 from dataclasses import dataclass
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -51,6 +53,10 @@ def warn(message: str) -> None:
     typer.echo(f"trajcli: warning: {message}", err=True)
 
 
+# Writing failed for want of room or of a working device: the user's to mend, not a bug of trajcli.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EPIPE}
+
+
 def handles_errors(fn):
     """Known errors become one line + hint on stderr and their exit code; Ctrl-C/SIGTERM exit 130."""
 
@@ -69,6 +75,15 @@ def handles_errors(fn):
         except (KeyboardInterrupt, Terminated):
             typer.echo("trajcli: interrupted; no output was left half-written", err=True)
             raise typer.Exit(130) from None
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRNOS or _STATE["debug"]:
+                raise
+            where = exc.filename or "standard output"
+            if exc.filename is None:  # stdout is full or gone: what is still buffered there goes nowhere
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            typer.echo(f"trajcli: error: cannot write {where}: {exc.strerror}", err=True)
+            typer.echo("  hint: free some space there (or write elsewhere); no half-written result was left", err=True)
+            raise typer.Exit(1) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
             from trajcli.report import drawing, writers
@@ -91,7 +106,14 @@ ExcludeOpt = Annotated[Optional[str], typer.Option("--exclude", help="Leave out 
 MismatchOpt = Annotated[str, typer.Option("--on-mismatch", help="error: stop when checkpoints differ in tensors/shapes; skip: analyse the common tensors.")]
 BudgetOpt = Annotated[Optional[str], typer.Option("--memory-budget", help="Bound for the chunk buffers, e.g. 256MiB, 2GiB [default: 512MiB or 1/4 of free RAM].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one strict JSON document on stdout instead of a summary.")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write result files into this folder (created if needed).")]
+def _folder(value: str) -> Path:
+    """--out: an empty value would mean the current folder, which nobody types on purpose."""
+    if not value.strip():
+        raise typer.BadParameter("an empty folder name would write into the current folder; name a folder (. if you mean it)")
+    return Path(value)
+
+
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", parser=_folder, help="Write result files into this folder (created if needed).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings on stderr.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 when weights hold NaN/Inf values.")]
 def _start_drawing() -> None:
@@ -113,7 +135,7 @@ FormatOpt = Annotated[str, typer.Option("--format", help="Plot file format: png,
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where the float64 products run: auto (CUDA when available), cpu or cuda.")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="A constant learning rate [default: from trainer_state.json or the optimizer state].")]
 LrFileOpt = Annotated[Optional[Path], typer.Option("--lr-file", help="CSV of step,lr (a header line is allowed).")]
-SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Run the pass on the Dask cluster at this address, e.g. tcp://host:8786 (pip install 'trajcli[dask]').")]
+SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Run the pass on the Dask cluster at this address, e.g. tcp://host:8786; it must answer within 20 s (pip install 'trajcli[dask]').")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Run the pass on a local Dask cluster of N worker processes.")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Token ids (.npy/.pt), a text file (tokenized with the checkpoints' tokenizer), or arrays (.npz/.pt) for a --model loss.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="MODULE:FUNCTION (or FILE.py:FUNCTION) returning (nn.Module, loss_fn(module, batch)) [default: the causal LM of config.json, pip install 'trajcli[models]'].")]
@@ -284,6 +306,10 @@ def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
     from trajcli.report import render
 
     _check_choice(options.device, "--device", DEVICES)
+    if options.scheduler is not None:
+        from trajcli.engine.distributed import check_scheduler_address
+
+        check_scheduler_address(options.scheduler)  # before any checkpoint is opened
     distributed = options.scheduler is not None or options.workers is not None
     if distributed and options.device == "cuda":
         raise UsageError("--device cuda is for the pass in this process; Dask workers multiply on their CPUs",
@@ -477,7 +503,7 @@ def qkv(
 @handles_errors
 def report(
     paths: PathsArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the report and every result file (created if needed).")],
+    out: Annotated[Path, typer.Option("--out", "-o", parser=_folder, help="Folder for the report and every result file (created if needed).")],
     reference: ReferenceOpt = None,
     lr: LrOpt = None,
     lr_file: LrFileOpt = None,
@@ -795,7 +821,7 @@ def archs(json_output: JsonOpt = False) -> None:
 @handles_errors
 def plot(
     results: Annotated[list[Path], typer.Argument(help="Saved result files: similarity.json, layers.json, qkv.json.", show_default=False, metavar="RESULT.json")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the plots.")] = Path("."),
+    out: Annotated[Path, typer.Option("--out", "-o", parser=_folder, help="Folder for the plots.")] = Path("."),
     label: Annotated[Optional[list[str]], typer.Option("--label", help="A name per result file for legends [default: its folder's name].")] = None,
     plot_format: FormatOpt = "png",
 ) -> None:

@@ -10,7 +10,9 @@ run with the file's name, as in a single process.
 from __future__ import annotations
 
 import os
+import re
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +88,19 @@ def _missing_files(paths: list[str]) -> list[str]:
     return [p for p in paths if not os.access(p, os.R_OK)]
 
 
+SCHEDULER_TIMEOUT_S = 20.0  # how long a scheduler has to answer (documented with --scheduler)
+_ADDRESS = re.compile(r"(?:(?:tcp|tls)://)?(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+
+
+def check_scheduler_address(address: str) -> None:
+    """A scheduler address as `dask scheduler` prints it: [tcp:// or tls://]host:port."""
+    found = _ADDRESS.fullmatch(address)
+    if found is None or not 0 < int(found.group(2)) < 65536:
+        raise UsageError(f"--scheduler {address!r} is not the address of a Dask scheduler",
+                         "give host:port as `dask scheduler` prints it, e.g. tcp://10.0.0.5:8786 "
+                         "(or --workers N for a cluster on this machine)")
+
+
 def connect(scheduler: str | None, n_workers: int | None):
     """A Dask client: to `scheduler`, or to a local cluster of `n_workers` processes on this machine."""
     try:
@@ -93,13 +108,34 @@ def connect(scheduler: str | None, n_workers: int | None):
     except ImportError:
         raise UsageError("--scheduler/--workers need Dask's distributed scheduler",
                          "pip install 'trajcli[dask]'") from None
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="20s")
-        except OSError as exc:
-            raise DataError(f"cannot reach the Dask scheduler at {scheduler}: {exc}",
-                            "check the address (e.g. tcp://host:8786) and that the scheduler is running") from None
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
+        return _client_within(Client, scheduler, SCHEDULER_TIMEOUT_S)
     return _local_client(n_workers)
+
+
+def _client_within(client_class, address: str, timeout_s: float):
+    """A client of the scheduler at `address`, or a DataError once `timeout_s` has passed: a port that
+    accepts but speaks no Dask (an HTTP server, the dashboard) would keep Dask's handshake waiting."""
+    hint = "check the address (e.g. tcp://host:8786, not the dashboard's port) and that the scheduler is running"
+    outcome: dict = {}
+
+    def attempt() -> None:
+        try:
+            outcome["client"] = client_class(address, timeout=f"{timeout_s}s")
+        except BaseException as exc:  # noqa: BLE001 - whatever a wrong peer makes Dask raise, said below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=attempt, name="trajcli-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise DataError(f"no Dask scheduler answered at {address} within {timeout_s:g} s", hint)
+    if "error" in outcome:
+        exc = outcome["error"]
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DataError(f"cannot connect to a Dask scheduler at {address}: {type(exc).__name__}: {first}", hint)
+    return outcome["client"]
 
 
 _METHOD_KEY = "distributed.worker.multiprocessing-method"

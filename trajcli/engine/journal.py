@@ -122,6 +122,8 @@ class PassJournal:
                 with open(files.path_for(f"part-{self._next_part}.npz"), "wb") as f:
                     np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # made for this part and still empty: not left behind
             raise DataError(f"cannot write the pass journal in {self.folder}: {exc.strerror or exc}",
                             "free some space there, or pass --out elsewhere") from None
         self._next_part += 1

@@ -259,7 +259,11 @@ def discover_checkpoints(paths: list[str], stdin_text: str | None = None) -> Dis
     left_out: list[tuple[str, str]] = []
     found: list[Checkpoint] = []
     for p in expanded:
-        found.extend(_expand(Path(p), left_out))
+        try:
+            found.extend(_expand(Path(p), left_out))
+        except OSError as exc:  # a folder or file this user may not read, a vanished mount …
+            raise DataError(f"cannot read {exc.filename or p}: {exc.strerror or exc}",
+                            "check the permissions of the checkpoint folders (and that the disk is there)") from None
     if not found:
         where = ", ".join(expanded[:3])
         raise DataError(
