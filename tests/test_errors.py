@@ -346,15 +346,18 @@ def test_a_stop_while_trajcli_starts_up_exits_130_with_one_line(monkeypatch, cap
         raise KeyboardInterrupt
 
     monkeypatch.setattr(launch, "_run", loading)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit) as stopped:
             launch.main()
+        exiting = signal.getsignal(signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
         gc.unfreeze()
     assert stopped.value.code == 130
     assert capsys.readouterr().err == "trajcli: interrupted\n"
+    assert exiting == signal.SIG_IGN  # a second Ctrl-C cannot break into the exit handlers
 
 
 def test_a_torch_file_whose_zip_record_claims_several_disks_gives_one_line(tmp_path):

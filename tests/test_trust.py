@@ -400,3 +400,37 @@ def test_an_empty_out_is_a_usage_error_not_the_current_folder(tmp_path, monkeypa
         result = run([*command, "--out", ""])
         assert result.exit_code == 2 and "an empty folder name would write into the current folder" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_checkpoint_folder_whose_file_links_to_another_counts_once(tmp_path):
+    _write(tmp_path / "run", seed=19)
+    copy = tmp_path / "run" / "step3"
+    copy.mkdir()
+    (copy / "model.safetensors").symlink_to(tmp_path / "run" / "step1" / "model.safetensors")
+    doc = run_json(["inspect", tmp_path / "run"])
+    assert [c["name"] for c in doc["checkpoints"]] == ["step0", "step1", "step2"]
+    assert {"path": str(copy), "why": "same files as checkpoint step1"} in doc["left_out_paths"]
+
+
+def test_global_step_true_is_no_step(tmp_path):
+    for k, sd in enumerate(random_trajectory(2, seed=20)):
+        folder = save_safetensors_dir(tmp_path / "run" / f"checkpoint-{k + 5}", sd)
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": True}))
+    doc = run_json(["inspect", tmp_path / "run"])
+    assert [(c["step"], c["step_source"]) for c in doc["checkpoints"]] == [(5, "name"), (6, "name")]
+
+
+def test_a_journal_that_cannot_be_written_leaves_no_empty_folder(tmp_path, monkeypatch):
+    import errno
+
+    from trajcli.errors import DataError
+    from trajcli.report import writers
+
+    def full(self, name):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writers.OutputSet, "path_for", full)
+    journal = PassJournal.open(tmp_path, {"labels": [], "segments": {}}, every_s=0.0)
+    with pytest.raises(DataError, match="cannot write the pass journal"):
+        journal.finished("w", {"w": np.eye(2)}, {})  # every_s=0: written at once
+    assert list(tmp_path.iterdir()) == []

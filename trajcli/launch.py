@@ -40,10 +40,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         _run()
-    except (KeyboardInterrupt, Terminated):
+    except (KeyboardInterrupt, Terminated):  # before the command's own handling, or a second Ctrl-C
         print("trajcli: interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
+        # The command is over: a Ctrl-C now would only interrupt the exit handlers (Dask's, the
+        # drawing process's) with an "Exception ignored" traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         # What is left is freed with the process. Frozen, the objects of torch, Dask and the run are
         # not traversed by the collections of interpreter shutdown: ~0.3 s off every command that
         # read checkpoints, ~0.5 s with --workers (exit handlers still run, files are still closed).

@@ -273,14 +273,20 @@ def discover_checkpoints(paths: list[str], stdin_text: str | None = None) -> Dis
         )
     # The same files reached twice (Lightning's last.ckpt symlink, two hub refs to one snapshot, a path
     # given twice) are one checkpoint: keep the first that is not a symlink.
-    unique: dict[Path, Checkpoint] = {}
-    for ckpt in sorted(found, key=lambda c: c.path.is_symlink()):
-        key = ckpt.path.resolve()
+    # Keyed by the weight files themselves: a checkpoint folder whose file is a symlink to another's
+    # is that checkpoint again.
+    unique: dict[tuple, Checkpoint] = {}
+
+    def files_of(ckpt: Checkpoint) -> tuple:
+        return tuple(f.resolve() for f in ckpt.files)
+
+    for ckpt in sorted(found, key=lambda c: c.path.is_symlink() or any(f.is_symlink() for f in c.files)):
+        key = files_of(ckpt)
         if key in unique:
             left_out.append((str(ckpt.path), f"same files as checkpoint {unique[key].name}"))
         else:
             unique[key] = ckpt
-    found = [c for c in found if unique.get(c.path.resolve()) is c]
+    found = [c for c in found if unique.get(files_of(c)) is c]
     for ckpt in found:
         _read_trainer_step(ckpt)
     return Discovery(found, left_out)
