@@ -194,6 +194,8 @@ def group_document(grams: GramSet, group, mode: str, ref_idx: int, full: bool = 
            "mds": tm.mean_directional_similarity(cos)}
     if group.role is not None:
         doc["role"] = group.role
+    if group.stack is not None:
+        doc["stack"] = group.stack  # encoder | decoder: block N of one stack is not block N of the other
     if full:
         doc.update(mds_windows(cos))
         doc.update(_scalars(tm.lengths_and_bends(basis, ref_idx, bad)))
@@ -228,7 +230,8 @@ def _undefined_warnings(groups: list[dict]) -> list[str]:
             f"checkpoints): {shown}; the entries involving them are null"]
 
 
-def layers_result(inv: Inventory, grams: GramSet, plan, by: str, mode: str, arch: Architecture) -> tuple[dict, dict[str, np.ndarray], list[str]]:
+def layers_result(inv: Inventory, grams: GramSet, plan, by: str, mode: str,
+                  arch: Architecture) -> tuple[dict, dict[str, np.ndarray], list[str]]:
     head, ref_idx = _common(inv, grams, mode)
     groups, matrices = [], {}
     for group in plan.groups:
@@ -248,7 +251,8 @@ def _rms_difference(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.sqrt(np.mean(d ** 2))) if d.size else None
 
 
-def qkv_result(inv: Inventory, grams: GramSet, plan, layers: list[int], mode: str, arch: Architecture, include_bias: bool, per_head: bool) -> tuple[dict, list[str]]:
+def qkv_result(inv: Inventory, grams: GramSet, plan, layers: list[int], mode: str, arch: Architecture,
+               include_bias: bool, per_head: bool) -> tuple[dict, list[str]]:
     head, ref_idx = _common(inv, grams, mode)
     by_name = {g.name: g for g in plan.groups}
     n_layers = len(layers)
@@ -274,7 +278,13 @@ def qkv_result(inv: Inventory, grams: GramSet, plan, layers: list[int], mode: st
         out_layers.append(entry)
     result = {"schema": QKV_SCHEMA, **head, "architecture": arch.family.name, "layout": arch.to_json(),
               "include_bias": include_bias, "per_head": per_head, "n_layers": n_layers, "layers": out_layers}
-    return result, _undefined_warnings(part_docs)
+    warnings = _undefined_warnings(part_docs)
+    if plan.unclaimed:
+        shown = ", ".join(plan.unclaimed[:4]) + (" …" if len(plan.unclaimed) > 4 else "")
+        warnings.append(f"{len(plan.unclaimed)} tensor(s) look like attention projections but are not placed by the "
+                        f"{arch.family.name} layout, and are not in any Q/K/V group: {shown}")
+    result["unclaimed"] = list(plan.unclaimed)
+    return result, warnings
 
 
 # ---- the whole report --------------------------------------------------------------------------

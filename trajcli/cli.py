@@ -408,10 +408,14 @@ def layers(
     head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
 
     def plan_for(inv):
+        from trajcli.arch.grouping import MergedBlocksError
+
         try:
             architecture = detect_architecture(inv, arch, head_flags)
-        except DataError:
-            if by == "role" or arch:  # the role split needs the layout; blocks and tensors do not
+        except DataError as exc:
+            # the role split of a fused projection needs the layout; blocks, tensors and separate
+            # q/k/v projections (an encoder-decoder model's) do not
+            if arch or (by == "role" and not isinstance(exc, MergedBlocksError)):
                 raise
             architecture = Architecture(None, "not detected", None, None)
         plan = plan_layers(inv.tensors, by, architecture.family, architecture.heads)
@@ -492,6 +496,10 @@ def qkv(
     doc, warnings = qkv_result(inv, grams, plan, layer_ids, mode, architecture, bias, per_head)
     _warn_all(inv.warnings + warnings, quiet)
     _refuse_nonfinite(strict, grams)
+    if strict and plan.unclaimed:
+        raise DataError(f"{len(plan.unclaimed)} attention-like tensor(s) are not placed by the "
+                        f"{architecture.family.name} layout (--strict), e.g. {plan.unclaimed[0]}; nothing was written",
+                        "drop --strict to analyse the tensors the layout places, or pass the --arch that places them")
     written = render.write(out_dir, render.add_qkv, doc, plot_format) if out_dir is not None else []
     if json_output:
         render.print_json(doc)

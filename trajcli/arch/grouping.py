@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from trajcli.arch.families import Family, load_role_rules
 from trajcli.arch.layouts import HeadCounts, axis_ranges, check_heads
-from trajcli.errors import DataError
+from trajcli.errors import DataError, UsageError
 from trajcli.io.inventory import TensorSpec
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
@@ -44,17 +44,34 @@ class Group:
     role: str | None = None
     part: str | None = None
     head: int | None = None
-
+    stack: str | None = None  # encoder | decoder in an encoder-decoder model
 
 @dataclass
 class Plan:
     segments: dict[str, Segment] = field(default_factory=dict)
     groups: list[Group] = field(default_factory=list)
+    unclaimed: list[str] = field(default_factory=list)  # Q/K/V-looking tensors the layout does not place
+
+
+# Names of what looks like a Q, K, V or fused QKV projection, whatever the family.
+_QKV_LIKE = re.compile(r"(?:^|\.)(?:q|k|v|query|key|value|q_proj|k_proj|v_proj|qkv|qkv_proj|query_key_value|c_attn"
+                       r"|Wqkv|att_proj|in_proj)(?:_weight|_bias)?(?:\.(?:weight|bias))?$")
 
 
 def layer_index(name: str) -> int | None:
     found = _LAYER.search(name)
     return int(found.group(1)) if found else None
+
+
+_STACK = re.compile(r"(?:^|\.)(encoder|decoder)\.")
+
+
+def stack_of(name: str) -> str | None:
+    """"encoder" or "decoder" when the blocks of `name` belong to one stack of an encoder-decoder
+    model (BART `model.encoder.layers.N`, T5 `decoder.block.N`): its block N is not the other's."""
+    found = _LAYER.search(name)
+    stack = _STACK.findall(name[: found.start() + 1]) if found else []
+    return stack[-1] if stack else None
 
 
 def role_of(name: str) -> str:
@@ -96,6 +113,13 @@ def resolve_heads(family: Family, config: dict | None, model_args: dict | None, 
     if h is None:
         return None
     kv, kv_src = lookup("num_kv_heads")
+    if kv is not None and family.fixed_kv_heads is not None and kv != family.fixed_kv_heads:
+        # a count that contradicts the layout would cut K and V where they are not: refused, never used
+        error = UsageError if kv_src.startswith("--") else DataError
+        raise error(f"{kv_src} gives {kv} key/value heads, but the {family.name} layout has {family.fixed_kv_heads} "
+                    "(a fixed fact of that layout)",
+                    "drop --num-kv-heads; if the model is not what the layout describes, pick another --arch "
+                    "(trajcli archs lists them)")
     if kv is None and family.fixed_kv_heads is not None:
         kv, kv_src = family.fixed_kv_heads, f"{family.name} layout"
     if kv is None:
@@ -109,13 +133,31 @@ def resolve_heads(family: Family, config: dict | None, model_args: dict | None, 
     return HeadCounts(h, kv, hd, f"num_heads {h} from {h_src}, num_kv_heads {kv} {kv_src}, head_dim {hd} from {hd_src}")
 
 
+class MergedBlocksError(DataError):
+    """Two attention blocks read as one layer's part (an encoder-decoder model): Q/K/V cannot be
+    planned, but roles by name (separate q/k/v projections) still can."""
+
+
 def qkv_tensors(tensors: list[TensorSpec], family: Family) -> dict[str, tuple[str, int, str]]:
-    """tensor name -> (part, layer, param) for the family's Q/K/V tensors among `tensors`."""
-    found = {}
+    """tensor name -> (part, layer, param) for the family's Q/K/V tensors among `tensors`. Two tensors
+    that would be one layer's same part (an encoder's and a decoder's layer N) are refused: they
+    would be merged into one group."""
+    found: dict[str, tuple[str, int, str]] = {}
+    claimed: dict[tuple[str, int, str], str] = {}
     for t in tensors:
         m = family.match(t.name)
-        if m is not None:
-            found[t.name] = m
+        if m is None:
+            continue
+        if m in claimed:
+            part, layer, param = m
+            raise MergedBlocksError(
+                f"{claimed[m]} and {t.name} would both be layer {layer}'s {part.upper()} {param} in the {family.name} "
+                "layout: two attention blocks (the encoder and decoder of an encoder-decoder model?) would be merged",
+                "Q/K/V of encoder-decoder models (BART, T5, Whisper …) is not supported yet; `layers` keeps "
+                "their encoder and decoder blocks apart",
+            )
+        claimed[m] = t.name
+        found[t.name] = m
     return found
 
 
@@ -190,7 +232,8 @@ def plan_layers(tensors: list[TensorSpec], by: str, family: Family | None, heads
     groups: dict[str, Group] = {}
     order: list[str] = []
     for t in tensors:
-        layer = layer_index(t.name)
+        layer, stack = layer_index(t.name), stack_of(t.name)
+        prefix = f"{stack}." if stack else ""
         leaves = [(t.name, role_of(t.name), t.numel)]
         if t.name in plan.segments:
             leaves = [(leaf, split_qkv[leaf][0], split_qkv[leaf][1]) for _, _, leaf in plan.segments[t.name].ranges]
@@ -198,13 +241,14 @@ def plan_layers(tensors: list[TensorSpec], by: str, family: Family | None, heads
         for leaf, role, n in leaves:
             if by == "block":
                 if layer is not None:
-                    name = f"block.{layer}"
+                    name = f"{prefix}block.{layer}"
                 else:  # outside the blocks: embeddings (and their norm) before, the rest after
                     name = "embedding" if _is_embedding(t.name, role) else "final"
             else:
-                name = f"block.{layer}.{role}" if layer is not None else role
+                name = f"{prefix}block.{layer}.{role}" if layer is not None else role
             if name not in groups:
-                groups[name] = Group(name, by, layer, [], 0, role=role if by == "role" else None)
+                groups[name] = Group(name, by, layer, [], 0, role=role if by == "role" else None,
+                                     stack=stack if layer is not None else None)
                 order.append(name)
             if leaf not in groups[name].leaves:
                 groups[name].leaves.append(leaf)
@@ -213,10 +257,10 @@ def plan_layers(tensors: list[TensorSpec], by: str, family: Family | None, heads
     def key(name: str):
         g = groups[name]
         role_rank = ROLE_ORDER.index(g.role) if g.role in ROLE_ORDER else len(ROLE_ORDER)
-        if g.layer is not None:
-            return (1, g.layer, role_rank, order.index(name))
+        if g.layer is not None:  # an encoder's blocks before a decoder's
+            return (1, g.stack == "decoder", g.layer, role_rank, order.index(name))
         first = name == "embedding" or g.role == "embedding"
-        return (0 if first else 2, 0, role_rank, order.index(name))
+        return (0 if first else 2, False, 0, role_rank, order.index(name))
 
     plan.groups = [groups[n] for n in sorted(order, key=key)]
     return plan
@@ -226,7 +270,8 @@ def plan_qkv(tensors: list[TensorSpec], family: Family, heads: HeadCounts | None
              include_bias: bool) -> tuple[Plan, list[int]]:
     """Per layer: Q, K and V groups (and per-head groups with `per_head`)."""
     segments, index = qkv_segments(tensors, family, heads, per_head)
-    plan = Plan(segments=segments)
+    matched = qkv_tensors(tensors, family)
+    plan = Plan(segments=segments, unclaimed=[t.name for t in tensors if t.name not in matched and _QKV_LIKE.search(t.name)])
     layers = sorted({layer for (layer, _, _) in index})
     if not layers:
         raise DataError(f"no {family.name} attention tensors among the analysed tensors",

@@ -198,8 +198,9 @@ def layers_mds(path: Path, groups: list[dict], title: str, fmt: str = "png") -> 
     in_blocks = [g for g in groups if g["layer"] is not None]
     n_blocks = max((g["layer"] for g in in_blocks), default=-1) + 1
     lines: dict[str, list] = {}
-    for g in in_blocks:
-        lines.setdefault(g.get("role") or g["kind"], []).append((g["layer"], g["mds"]))
+    for g in in_blocks:  # a line per role (per stack and role in an encoder-decoder model)
+        label = " ".join(filter(None, (g.get("stack"), g.get("role") or g["kind"])))
+        lines.setdefault(label, []).append((g["layer"], g["mds"]))
     for label, pts in lines.items():
         pts = sorted((x, y) for x, y in pts if y is not None)
         if pts:
