@@ -350,3 +350,20 @@ def test_strict_refuses_weights_holding_nan_before_measuring(tmp_path):
     strict = run(args + ["--strict"])
     assert strict.exit_code == 1 and "checkpoint-10: 1 weight(s) hold NaN/Inf values (--strict)" in strict.stderr
     assert "Traceback" not in strict.stderr
+
+
+def test_hessian_diag_is_the_mean_of_absolute_values_as_documented(tmp_path):
+    """L(w) = w₀·w₁: ĥ = z ⊙ Hz = (z₀z₁, z₁z₀), ±1 in every coordinate for every z, so E|ĥ| = 1 exactly
+    — whatever the samples; |E ĥ| (averaging first) would shrink towards 0 as samples are added."""
+    (tmp_path / "saddle.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    m = torch.nn.Module()\n"
+        "    m.w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))\n"
+        "    return m, lambda m, b: m.w[0] * m.w[1] + 0 * b['x'].sum()\n")
+    _save(tmp_path / "run" / "step0", {"w": torch.tensor([0.3, -0.7])}, {})
+    np.savez(tmp_path / "data.npz", x=np.zeros((4, 1)))
+    doc = run_json(["curvature", tmp_path / "run", "--data", tmp_path / "data.npz", "--model",
+                    f"{tmp_path / 'saddle.py'}:build", "--top-k", "1", "--glass-samples", "16"])
+    model = next(g for g in doc["points"][0]["glass"] if g["name"] == "model")
+    np.testing.assert_allclose(model["hessian_diag"], 1.0, rtol=1e-9)

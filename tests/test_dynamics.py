@@ -34,11 +34,17 @@ def _rotation(angles_deg: list[float], dim: int = 8) -> list[torch.Tensor]:
     return out
 
 
+def _verdicts(folder, *extra) -> dict:
+    """The regime of the scale-invariant group (the tensor `w` named so) and of the whole model."""
+    doc = run_json(["dynamics", folder, "--scale-invariant", "^w$", *extra])
+    return {name: _group(doc, name)["regime"] for name in ("scale_invariant", "model")}
+
+
 def test_constant_rotation_is_equilibrium_at_that_angle(tmp_path):
     steps = [100 * k for k in range(9)]
     _save_run(tmp_path, _rotation([3.0] * 8), steps)
-    doc = run_json(["dynamics", tmp_path, "--lr", "0.1"])
-    g = _group(doc, "model")
+    doc = run_json(["dynamics", tmp_path, "--lr", "0.1", "--scale-invariant", "^w$"])
+    g = _group(doc, "scale_invariant")
     assert g["regime"]["verdict"] == "equilibrium"
     assert g["regime"]["median_angle_deg"] == pytest.approx(3.0, abs=1e-9)
     np.testing.assert_allclose(g["angle_deg"], 3.0, atol=1e-9)
@@ -48,21 +54,44 @@ def test_constant_rotation_is_equilibrium_at_that_angle(tmp_path):
     assert g["regime"]["rate_change_factor"] == pytest.approx(1.0, abs=1e-9)
 
 
-def test_shrinking_steps_are_convergence(tmp_path):
+def test_shrinking_steps_at_a_constant_learning_rate_are_convergence(tmp_path):
     steps = [10 * k for k in range(9)]
     _save_run(tmp_path, _rotation([8.0 * 0.6 ** k for k in range(8)]), steps)
-    g = _group(run_json(["dynamics", tmp_path]), "model")
-    assert g["regime"]["verdict"] == "convergence"
-    assert g["regime"]["rate_change_factor"] < 0.5
+    regimes = _verdicts(tmp_path, "--lr", "0.01")
+    assert regimes["scale_invariant"]["verdict"] == "convergence"
+    assert regimes["scale_invariant"]["rate_change_factor"] < 0.5
+    # no verdict for what the theory does not cover; without a learning rate, no convergence either
+    assert regimes["model"]["verdict"] is None and "not classified" in regimes["model"]["reason"]
+    unknown = _verdicts(tmp_path)["scale_invariant"]
+    assert unknown["verdict"] == "undetermined" and unknown["reason"].startswith("no learning rate")
+
+
+def test_a_decaying_schedule_at_constant_effective_rate_is_not_convergence(tmp_path):
+    """The angle per step falls with the learning rate (×0.6 per interval) while η/‖w‖² × Δsteps falls
+    with it: on the sphere the run moves as much per effective step throughout."""
+    steps = [10 * k for k in range(9)]
+    lrs = [0.1 * 0.6 ** k for k in range(9)]
+    _save_run(tmp_path, _rotation([8.0 * 0.6 ** k for k in range(8)]), steps)
+    (tmp_path / "lr.csv").write_text("step,lr\n" + "".join(f"{s},{r!r}\n" for s, r in zip(steps, lrs)))
+    regime = _verdicts(tmp_path, "--lr-file", tmp_path / "lr.csv")["scale_invariant"]
+    assert regime["verdict"] == "equilibrium" and regime["rate_change_factor"] == pytest.approx(1.0, rel=1e-9)
+
+
+def test_the_verdict_does_not_depend_on_checkpoint_spacing(tmp_path):
+    steps = [50 * k for k in range(17)]
+    _save_run(tmp_path / "all", _rotation([2.0] * 16), steps)
+    for every in (1, 2, 4):
+        regime = _verdicts(tmp_path / "all", "--lr", "0.1", "--every", str(every))["scale_invariant"]
+        assert regime["verdict"] == "equilibrium", (every, regime)
 
 
 def test_independent_random_directions_are_divergence(tmp_path):
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(4000, generator=gen, dtype=torch.float64) for _ in range(8)]
     _save_run(tmp_path, weights, [k for k in range(8)])
-    g = _group(run_json(["dynamics", tmp_path]), "model")
-    assert g["regime"]["verdict"] == "divergence"
-    assert 80 < g["regime"]["median_angle_deg"] < 100
+    regime = _verdicts(tmp_path)["scale_invariant"]  # a random walk needs no learning rate to be seen
+    assert regime["verdict"] == "divergence"
+    assert 80 < regime["median_angle_deg"] < 100
 
 
 def test_effective_learning_rate_follows_a_known_schedule(tmp_path):

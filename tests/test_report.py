@@ -483,3 +483,57 @@ def test_each_analysis_is_on_disk_before_the_curvature_is_measured(tmp_path, mon
     assert "report.html" not in seen and not any(n.endswith(".tmp") for n in seen)
     left = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert left == [n for n in seen if n != ".trajcli-lock"]  # the command's hold on the folder, let go
+
+
+def test_without_scale_invariant_weights_the_page_gives_no_regime_and_no_sphere(neox_report):
+    root, result = neox_report
+    page = (root / "out" / "report.html").read_text()
+    report = json.loads((root / "out" / "report.json").read_text())
+    dynamics = json.loads((root / "out" / "dynamics.json").read_text())
+    assert dynamics["scale_invariant"] == [] and report["headline"]["regime"] is None
+    assert all(g["regime"]["verdict"] is None for g in dynamics["groups"])
+    assert "Dynamics on the sphere" not in page and "No scale-invariant weights were found" in page
+    assert "regime of" not in result.stdout
+
+
+def _qkv_doc(hets, depths, heads=None):
+    layers = []
+    for i, (h, d) in enumerate(zip(hets, depths)):
+        entry = {"layer": i, "depth": d, "heterogeneity": h}
+        if heads is not None:
+            entry["heads"] = heads[i]
+        layers.append(entry)
+    return {"layers": layers}
+
+
+def test_qkv_findings_say_only_what_the_numbers_show():
+    from trajcli.analysis import qkv_findings, qkv_noise_floor
+
+    tight = {"q": [0.50, 0.52, 0.48, 0.50], "k": [0.6, 0.6, 0.6, 0.6], "v": [0.4, 0.41, 0.39, 0.4]}
+    floor = qkv_noise_floor({"heads": tight})
+    assert floor == pytest.approx(np.std([0.50, 0.52, 0.48, 0.50], ddof=1) / 2)
+    depths = [1 / 6, 1 / 2, 5 / 6]
+    said = qkv_findings(_qkv_doc([0.001, 0.2, 0.003], depths, [tight] * 3))
+    assert said[0] == ("Here ω_Q, ω_K and ω_V differ beyond twice the noise floor in 1 of 3 layers, most in layer 1 "
+                       "(h = 0.2); in the other 2 they coincide within it.")
+    assert said[1] == ("Mean heterogeneity in the middle third of the depth (0.2) is higher than that over all layers "
+                       "(0.068).")
+    calm = qkv_findings(_qkv_doc([0.001, 0.0015, 0.003], depths, [tight] * 3))
+    assert calm[0] == "Here ω_Q, ω_K and ω_V coincide within twice the noise floor in every layer (largest h = 0.003)."
+    assert "lower than" in calm[1]
+    unknown = qkv_findings(_qkv_doc([0.1, 0.2, 0.3], depths))
+    assert unknown[0].startswith("No noise floor could be computed") and "differ" not in unknown[0]
+
+
+def test_the_page_states_the_runs_own_qkv_findings_and_marks_the_background(neox_report):
+    from trajcli.analysis import QKV_BACKGROUND, qkv_findings
+
+    root, _ = neox_report
+    page = (root / "out" / "report.html").read_text()
+    qkv = json.loads((root / "out" / "qkv.json").read_text())
+    import html as html_module
+
+    for sentence in qkv_findings(qkv):
+        assert f"<p class='finding'>{html_module.escape(sentence)}</p>" in page
+    assert html_module.escape(QKV_BACKGROUND) in page and QKV_BACKGROUND.startswith("Background from the literature")
+    assert "In smaller LLMs the three curves separate" not in page

@@ -404,9 +404,9 @@ def _headline(out: dict) -> dict:
         "effective_rank_displacement": sims["displacement"]["spectrum"]["effective_rank"],
         "identical_pairs": len(raw["identical"]),
     }
-    model = next(g for g in out["dynamics"]["groups"] if g["kind"] == "model")
-    head["regime"] = model["regime"]["verdict"]
-    head["regime_median_angle_deg"] = model["regime"]["median_angle_deg"]
+    invariant = next((g for g in out["dynamics"]["groups"] if g["kind"] == "scale_invariant"), None)
+    head["regime"] = invariant["regime"]["verdict"] if invariant else None  # no verdict for the whole model
+    head["regime_median_angle_deg"] = invariant["regime"]["median_angle_deg"] if invariant else None
     qkv = out.get("qkv")
     if qkv:
         het = [(e["depth"], e["heterogeneity"]) for e in qkv["layers"] if e["heterogeneity"] is not None]
@@ -443,15 +443,19 @@ def dynamics_result(inv: Inventory, grams: GramSet, lr_points: list, lr_source: 
     groups += plan_layers(inv.tensors, "block", None, None).groups
     groups += plan_layers(inv.tensors, "tensor", None, None).groups
     out = []
+    invariant_tensors = set(scale_invariant)
     for g in groups:
         basis, bad = grams.group(g.leaves)
+        invariant = g.kind == "scale_invariant" or (g.kind == "tensor" and g.name in invariant_tensors)
         out.append({"name": g.name, "kind": g.kind, "layer": g.layer, "n_params": g.n_params,
-                    **dyn.group_dynamics(basis, steps, bad, lr)})
+                    **dyn.group_dynamics(basis, steps, bad, lr, scale_invariant=invariant)})
     doc = {"schema": DYNAMICS_SCHEMA, "trajcli_version": __version__, "checkpoints": checkpoints_json(inv),
            "name_alignment": inv.name_alignment,
            "steps": steps, "lr": lr, "lr_source": lr_source, "scale_invariant": scale_invariant,
            "regime_rule": {"divergence_angle_deg": dyn.DIVERGENCE_ANGLE_DEG,
-                           "convergence_factor": dyn.CONVERGENCE_FACTOR, "min_intervals": dyn.MIN_INTERVALS},
+                           "convergence_factor": dyn.CONVERGENCE_FACTOR, "min_intervals": dyn.MIN_INTERVALS,
+                           "quantity": "angle per effective step (lr / |w|^2 x steps) over the later half",
+                           "classified": "scale-invariant groups only"},
            "groups": out}
     if lr is None:
         warnings.append("no learning rate found (trainer_state.json, optimizer state); effective learning rates "
@@ -506,3 +510,56 @@ def curvature_headline(doc: dict) -> dict:
     return {"loss_first": first["loss"], "loss_last": last["loss"],
             "sharpness_first": first["eigenvalues"][0], "sharpness_last": last["eigenvalues"][0],
             "glass_exponent_last": last["glass"][0]["exponent"]}
+
+
+# ---- what the report says: sentences computed from this run's numbers ----------------------------
+
+QKV_BACKGROUND = ("Background from the literature, not a finding of this run: in smaller LLMs the three curves "
+                  "separate in the middle layers; at larger scale they coincide.")
+
+
+def qkv_noise_floor(entry: dict) -> float | None:
+    """A layer's noise floor for heterogeneity: the largest standard error, over Q, K and V, of the
+    mean of that part's per-head ω (the spread of heads within a part is what one number per part
+    cannot resolve); None without per-head ω or with fewer than two heads."""
+    heads = entry.get("heads") or {}
+    errors = []
+    for part in "qkv":
+        values = [v for v in heads.get(part, []) if v is not None]
+        if len(values) < 2:
+            return None
+        errors.append(float(np.std(values, ddof=1) / np.sqrt(len(values))))
+    return max(errors)
+
+
+def qkv_findings(doc: dict) -> list[str]:
+    """What this run's Q/K/V numbers show, as sentences whose every claim is a comparison of its own
+    numbers: where heterogeneity h(l) stands above twice its noise floor, whether the middle third
+    differs from the whole; never the literature's expectation (that is QKV_BACKGROUND, marked so)."""
+    layers = [e for e in doc["layers"] if e["heterogeneity"] is not None]
+    if not layers:
+        return ["No layer has a defined heterogeneity here (ω undefined in some part)."]
+    floors = [qkv_noise_floor(e) for e in layers]
+    said = []
+    if any(f is None for f in floors):
+        said.append("No noise floor could be computed (per-head ω needs the head counts), so no layer's "
+                    "heterogeneity is called significant or negligible.")
+    else:
+        above = sorted(((e["heterogeneity"], e["layer"]) for e, f in zip(layers, floors)
+                        if e["heterogeneity"] > 2 * f), reverse=True)
+        if above:
+            top = ", ".join(str(layer) for _, layer in above[:3])
+            said.append(f"Here ω_Q, ω_K and ω_V differ beyond twice the noise floor in {len(above)} of {len(layers)} "
+                        f"layers, most in layer{'s' if len(above) > 1 else ''} {top} (h = {above[0][0]:.3g}); "
+                        f"in the other {len(layers) - len(above)} they coincide within it.")
+        else:
+            said.append(f"Here ω_Q, ω_K and ω_V coincide within twice the noise floor in every layer "
+                        f"(largest h = {max(e['heterogeneity'] for e in layers):.3g}).")
+    middle = [e["heterogeneity"] for e in layers if 1 / 3 <= e["depth"] <= 2 / 3]
+    if middle and len(middle) < len(layers):
+        mean_middle = float(np.mean(middle))
+        mean_all = float(np.mean([e["heterogeneity"] for e in layers]))
+        relation = "higher than" if mean_middle > mean_all else ("lower than" if mean_middle < mean_all else "equal to")
+        said.append(f"Mean heterogeneity in the middle third of the depth ({mean_middle:.3g}) is {relation} that "
+                    f"over all layers ({mean_all:.3g}).")
+    return said

@@ -161,11 +161,12 @@ def hessian_trace(hvp: Callable, n: int, samples: int, gen: torch.Generator, lik
 
 @dataclass
 class GlassSums:
-    """Per group (rows) and σ (columns): sums over the group's coordinates of d² and of |ĥ|, where
-    d = (g⁺ + g⁻)/2 − g⁰ and ĥ = z ⊙ (g⁺ − g⁻)/(2σ) averaged over the samples."""
+    """Per group (rows) and σ (columns): sums over the group's coordinates of E[d²] and of E|ĥ|, where
+    d = (g⁺ + g⁻)/2 − g⁰ and ĥ = z ⊙ (g⁺ − g⁻)/(2σ), expectations as means over the samples (the
+    absolute value taken per sample: E|ĥ|, not |E ĥ|, which would shrink as samples are added)."""
 
     d2: np.ndarray  # (n_groups, n_sigmas), mean over samples of Σ d²
-    h_abs: np.ndarray  # (n_groups, n_sigmas), Σ |mean over samples of ĥ|
+    h_abs: np.ndarray  # (n_groups, n_sigmas), mean over samples of Σ |ĥ|
     samples: int
 
 
@@ -174,7 +175,7 @@ def glass(objective: Objective, theta: torch.Tensor, g0: torch.Tensor, sigmas: l
     """Gradients at θ ± σz on the same batch, for Rademacher z (the same z for every σ of a sample).
     `group_of` gives each coordinate's group index. θ is restored exactly afterwards."""
     d2 = np.zeros((n_groups, len(sigmas)))
-    h_sum = torch.zeros((len(sigmas), theta.numel()), dtype=theta.dtype, device=theta.device)
+    h_abs = np.zeros((n_groups, len(sigmas)))
     try:
         for _ in range(samples):
             z = rademacher(theta.numel(), gen, theta)
@@ -185,10 +186,9 @@ def glass(objective: Objective, theta: torch.Tensor, g0: torch.Tensor, sigmas: l
                 _, g_minus = objective.gradient()
                 d = (g_plus + g_minus) / 2 - g0
                 d2[:, j] += _group_sums(d * d, group_of, n_groups) / samples
-                h_sum[j] += z * (g_plus - g_minus) / (2 * sigma)
+                h_abs[:, j] += _group_sums((z * (g_plus - g_minus) / (2 * sigma)).abs(), group_of, n_groups) / samples
     finally:
         objective.set(theta)
-    h_abs = np.stack([_group_sums((h_sum[j] / samples).abs(), group_of, n_groups) for j in range(len(sigmas))], axis=1)
     return GlassSums(d2, h_abs, samples)
 
 

@@ -1,5 +1,6 @@
-"""Dynamics on the sphere (METRICS.md): norms, angular steps, effective learning rate, and a
-heuristic verdict on the regime — pure numpy functions of a basis Gram and the checkpoints' steps."""
+"""Dynamics of weights on a sphere: norms, angular steps, effective learning rate, and a heuristic
+verdict on the regime of scale-invariant weights — pure numpy functions of a basis Gram and the
+checkpoints' steps (definitions: docs in the README, "dynamics")."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ MIN_INTERVALS = 3
 
 
 def group_dynamics(basis: np.ndarray, steps: list[int], bad: set[int] = frozenset(),
-                   lr: list[float | None] | None = None) -> dict:
+                   lr: list[float | None] | None = None, scale_invariant: bool = False) -> dict:
     """Per checkpoint: norm, distance to the first, effective learning rate lr/‖w‖²; per interval
-    k → k+1: the angle moved, Δsteps, angle/Δsteps, angle/√Δsteps and the effective step η̃·Δsteps."""
+    k → k+1: the angle moved, Δsteps, angle/Δsteps, angle/√Δsteps and the effective step η̃·Δsteps.
+    A regime verdict only for a `scale_invariant` group (the theory covers nothing else)."""
     raw = tm.mode_vectors(basis, "raw", bad_ckpts=bad)
     cos = tm.cosine_matrix(raw)
     norm2 = np.diagonal(raw.gram).copy()
@@ -43,43 +45,57 @@ def group_dynamics(basis: np.ndarray, steps: list[int], bad: set[int] = frozense
         "angle_per_step_deg": tm.finite_or_none(per_step),
         "angle_per_sqrt_step_deg": tm.finite_or_none(per_sqrt),
         "effective_step": tm.finite_or_none(eff_step) if lr is not None else None,
-        "regime": regime(angle, dsteps, norms, steps),
+        "regime": regime(angle, eff_step if lr is not None else None, norms, steps, scale_invariant),
     }
 
 
-def regime(angle: np.ndarray, dsteps: np.ndarray, norms: np.ndarray, steps: list[int]) -> dict:
-    """A heuristic verdict over the later half of the intervals (at least MIN_INTERVALS of them):
+def regime(angle: np.ndarray, eff_step: np.ndarray | None, norms: np.ndarray, steps: list[int],
+           scale_invariant: bool = True) -> dict:
+    """A heuristic verdict over the later half of the intervals (at least MIN_INTERVALS of them), for
+    scale-invariant weights only; the evidence comes with it, and a reason with every non-verdict:
 
     - divergence: the median step angle is ≥ 60° (steps near 90° are a random walk on the sphere);
-    - convergence: the angle per training step shrinks by a factor ≥ 2 across the window (a straight
-      line fitted to its logarithm against the position in the window);
-    - equilibrium: neither — the angle per step settles at a non-zero level;
-    - undetermined: too few intervals, or undefined angles.
-    The evidence is returned with the verdict.
+    - convergence: the angle per unit of *effective* step (η/‖w‖² × Δsteps, the step the run actually
+      took on the sphere) shrinks by a factor ≥ 2 across the window — a decaying learning rate at a
+      constant effective rate shrinks the raw angles, not this;
+    - equilibrium: neither — the angle per effective step settles at a non-zero level;
+    - undetermined: too few intervals, undefined angles, or no learning rate (a decaying schedule
+      and convergence cannot then be told apart);
+    - no verdict (None) for groups that are not scale-invariant: their numbers are shown unlabelled.
     """
     n = len(angle)
     start = n // 2 if n >= 2 * MIN_INTERVALS else max(0, n - MIN_INTERVALS)
-    window_angle, window_steps = angle[start:], dsteps[start:]
+    window_angle = angle[start:]
     evidence = {"window_steps": [steps[start], steps[-1]] if n else None, "n_intervals": int(len(window_angle)),
                 "median_angle_deg": None, "rate_change_factor": None, "norm_change_factor": None}
-    ok = (len(window_angle) >= MIN_INTERVALS and np.isfinite(window_angle).all() and (window_steps > 0).all()
-          and (window_angle > 0).all())
-    if not ok:
-        return {"verdict": "undetermined", **evidence}
-    rate = window_angle / window_steps
-    position = np.linspace(0.0, 1.0, len(rate))
-    slope = np.polyfit(position, np.log(rate), 1)[0]
-    factor = float(np.exp(slope))  # how much the angle per step changes across the window
-    median = float(np.median(window_angle))
-    norm_factor = float(norms[-1] / norms[start]) if norms[start] > 0 and np.isfinite(norms[[start, -1]]).all() else None
-    evidence.update(median_angle_deg=median, rate_change_factor=factor, norm_change_factor=norm_factor)
-    if median >= DIVERGENCE_ANGLE_DEG:
-        verdict = "divergence"
-    elif factor <= CONVERGENCE_FACTOR:
-        verdict = "convergence"
-    else:
-        verdict = "equilibrium"
-    return {"verdict": verdict, **evidence}
+    if len(window_angle) and np.isfinite(window_angle).all():
+        evidence["median_angle_deg"] = float(np.median(window_angle))
+    if norms[start] > 0 and np.isfinite(norms[[start, -1]]).all():
+        evidence["norm_change_factor"] = float(norms[-1] / norms[start])
+    enough = len(window_angle) >= MIN_INTERVALS and evidence["median_angle_deg"] is not None and (window_angle > 0).all()
+    window_eff = eff_step[start:] if eff_step is not None else None
+    if enough and window_eff is not None and np.isfinite(window_eff).all() and (window_eff > 0).all():
+        rate = window_angle / window_eff
+        position = np.linspace(0.0, 1.0, len(rate))
+        # how the angle per effective step changes across the window (a line fitted to its logarithm)
+        evidence["rate_change_factor"] = float(np.exp(np.polyfit(position, np.log(rate), 1)[0]))
+    if not scale_invariant:
+        return {"verdict": None, "reason": "not classified: the regimes describe scale-invariant weights "
+                "(a normalization right after them), and this group is not", **evidence}
+    if not enough:
+        return {"verdict": "undetermined", "reason": f"fewer than {MIN_INTERVALS} intervals with defined, non-zero "
+                "angles in the later half", **evidence}
+    if evidence["median_angle_deg"] >= DIVERGENCE_ANGLE_DEG:
+        return {"verdict": "divergence", "reason": f"median step angle ≥ {DIVERGENCE_ANGLE_DEG:g}°", **evidence}
+    factor = evidence["rate_change_factor"]
+    if factor is None:
+        return {"verdict": "undetermined", "reason": "no learning rate: without the effective step a decaying "
+                "schedule cannot be told from convergence (--lr, --lr-file)", **evidence}
+    if factor <= CONVERGENCE_FACTOR:
+        return {"verdict": "convergence", "reason": f"angle per effective step shrank by {factor:.3g} "
+                f"(≤ {CONVERGENCE_FACTOR:g})", **evidence}
+    return {"verdict": "equilibrium", "reason": f"angle per effective step changed by {factor:.3g} "
+            f"(> {CONVERGENCE_FACTOR:g}), median angle below {DIVERGENCE_ANGLE_DEG:g}°", **evidence}
 
 
 def learning_rate_at(steps: list[int], points: list[tuple[int, float]]) -> list[float | None]:

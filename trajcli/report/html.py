@@ -27,14 +27,14 @@ EXPLAIN = {
               "classifier) form the group “other”.",
     "qkv": "The query, key and value parts of every attention layer, split as the model's forward pass splits "
            "them, each with its own trajectory map. Heterogeneity is max(ω<sub>Q</sub>, ω<sub>K</sub>, ω<sub>V</sub>) "
-           "− min(…); map distance is the mean RMS difference between the three maps. In smaller LLMs the three "
-           "curves separate in the middle layers (shaded); at larger scale they coincide.",
+           "− min(…); map distance is the mean RMS difference between the three maps. The middle third of the "
+           "depth is shaded.",
     "dynamics": "For weights followed by a normalization only the direction matters; it moves on a sphere with "
                 "effective learning rate η/‖w‖². The angle moved per training step, the norm and the effective "
-                "learning rate tell three regimes apart: <b>convergence</b> (the angle per step shrinks), "
-                "<b>equilibrium</b> (it settles at a constant non-zero level while the norm stabilises) and "
-                "<b>divergence</b> (steps near 90°: a random walk). The verdict is a heuristic over the later half "
-                "of the checkpoints; the evidence is in dynamics.json.",
+                "learning rate tell three regimes apart: <b>convergence</b> (the angle per unit of effective step "
+                "shrinks), <b>equilibrium</b> (it settles at a constant non-zero level while the norm stabilises) "
+                "and <b>divergence</b> (steps near 90°: a random walk). The verdict is a heuristic over the later "
+                "half of the checkpoints, given to scale-invariant weights only; the evidence is in dynamics.json.",
     "curvature": "The model's loss on one fixed batch at every checkpoint, and its curvature: the largest Hessian "
                  "eigenvalue (sharpness, by Lanczos on Hessian-vector products) against 2/η, where gradient descent "
                  "stops being stable (the edge of stability); the Hessian trace (Hutchinson); and the curvature along "
@@ -103,6 +103,8 @@ def build_page(title: str, source: str, headline: list[tuple[str, str, str]], se
     for section in sections:
         parts.append(f"<h2 id='{section['id']}'>{html.escape(section['title'])}</h2>")
         parts.append(f"<p class='explain'>{section['explain']}</p>")
+        for sentence in section.get("findings", ()):  # computed from this run's numbers (or marked background)
+            parts.append(f"<p class='finding'>{html.escape(sentence)}</p>")
         if section.get("table"):
             parts.append(section["table"])
         parts.append("<div class='figs'>")
@@ -124,10 +126,15 @@ def _table(headers: list[str], rows: list[list[str]], cell_class: str = "") -> s
 
 
 def regime_table(doc: dict) -> str:
-    rows = [[html.escape(g["name"]), g["regime"]["verdict"], _fmt(g["regime"]["median_angle_deg"], ".3f") + "°",
+    rows = [[html.escape(g["name"]), g["regime"]["verdict"] or "—", _fmt(g["regime"]["median_angle_deg"], ".3f") + "°",
              _fmt(g["regime"]["rate_change_factor"], ".3g"), _fmt(g["regime"]["norm_change_factor"], ".3g")]
             for g in doc["groups"] if g["kind"] != "tensor"]
-    return _table(["group", "regime", "median step angle", "angle/step change", "norm change"], rows)
+    table = _table(["group", "regime", "median step angle", "angle/eff. step change", "norm change"], rows)
+    if not doc["scale_invariant"]:
+        table = ("<p>No scale-invariant weights were found (nor named with --scale-invariant): the regimes describe "
+                 "weights followed by a normalization, so no group gets a verdict; the numbers are shown as "
+                 "measured.</p>") + table
+    return table
 
 
 def qkv_table(doc: dict) -> str:

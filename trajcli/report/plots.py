@@ -386,7 +386,7 @@ def dynamics(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> N
         style = {"color": "k", "lw": 2} if g["kind"] == "model" else (
             {"color": "#d62728", "lw": 2} if g["kind"] == "scale_invariant" else
             {"color": cmap(i / max(len(chosen), 1)), "lw": 1})
-        label = g["name"] + (f" ({g['regime']['verdict']})" if g["kind"] != "block" else "")
+        label = g["name"] + (f" ({g['regime']['verdict']})" if g["regime"]["verdict"] else "")
         axes[0].plot(steps, nan(g["norm"]), label=label, **style)
         axes[1].plot(steps[1:], nan(g["angle_per_step_deg"]), **style)
         if panels == 3:
@@ -401,7 +401,7 @@ def dynamics(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> N
         _step_axis(ax, steps)
         ax.grid(alpha=0.3)
     _legend(axes[0], fontsize=6.5)
-    fig.suptitle("dynamics on the sphere — " + (f"learning rate from {doc['lr_source']}" if doc["lr_source"]
+    fig.suptitle(("dynamics on the sphere — " if doc["scale_invariant"] else "norms, angles and effective learning rate — ") + (f"learning rate from {doc['lr_source']}" if doc["lr_source"]
                                          else "no learning rate found (pass --lr or --lr-file)"), fontsize=10)
     _save(fig, path, fmt)
 

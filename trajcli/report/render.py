@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from trajcli import __version__
-from trajcli.analysis import LAYERS_SCHEMA, QKV_SCHEMA, SIMILARITY_SCHEMA, checkpoints_json
+from trajcli.analysis import (LAYERS_SCHEMA, QKV_BACKGROUND, QKV_SCHEMA, SIMILARITY_SCHEMA, checkpoints_json,
+                              qkv_findings)
 from trajcli.errors import DataError, UsageError
 from trajcli.io.inventory import Inventory
 from trajcli.report import plots
@@ -487,7 +488,9 @@ class ReportWriter:
                              f"{'MDS along depth' if kind == 'mds' else 'trajectory maps'} per {by}")
                          for by in ("block", "role") for kind in ("mds", "maps")]},
         ]
-        sections.append({"id": "dynamics", "title": "Dynamics on the sphere", "explain": html.EXPLAIN["dynamics"],
+        title = ("Dynamics on the sphere" if result["dynamics"]["scale_invariant"]
+                 else "Dynamics: norms, angles, effective learning rate")
+        sections.append({"id": "dynamics", "title": title, "explain": html.EXPLAIN["dynamics"],
                          "figures": [fig("dynamics", "dynamics", "norm, angle moved per step and effective learning rate")],
                          "table": html.regime_table(result["dynamics"])})
         if "qkv" in result:
@@ -497,7 +500,8 @@ class ReportWriter:
             if qkv["per_head"]:
                 figures.append(fig("qkv_heads", "QKV per head", "ω per attention head"))
             sections.append({"id": "qkv", "title": f"Q/K/V heterogeneity ({qkv['architecture']}, displacement)",
-                             "explain": html.EXPLAIN["qkv"], "figures": figures, "table": html.qkv_table(qkv)})
+                             "explain": html.EXPLAIN["qkv"], "figures": figures, "table": html.qkv_table(qkv),
+                             "findings": [*qkv_findings(qkv), QKV_BACKGROUND]})
         if "curvature" in result:
             curv = result["curvature"]
             sections.append({"id": "curvature", "title": "Curvature on a fixed batch", "explain": html.EXPLAIN["curvature"],
@@ -531,7 +535,7 @@ def headline_rows(head: dict) -> list[tuple[str, str, str]]:
         ("effective_rank_displacement", "effective rank (displacement map)", _fmt(head["effective_rank_displacement"], ".2f")),
     ]
     if head.get("regime"):
-        rows.append(("regime", "regime of the whole model (later half, heuristic)",
+        rows.append(("regime", "regime of the scale-invariant weights (later half, heuristic)",
                      f"{head['regime']} (median step angle {_fmt(head['regime_median_angle_deg'], '.2f')}°)"))
     if "qkv_heterogeneity_mean" in head:
         rows.append(("qkv_heterogeneity", "Q/K/V heterogeneity (all / middle third)",
@@ -589,16 +593,17 @@ def print_dynamics(doc: dict, written: list[Path]) -> None:
     source = f"learning rate from {doc['lr_source']}" if doc["lr_source"] else "no learning rate found"
     table = Table(title=f"dynamics of {len(doc['groups'])} groups — {source}", title_justify="left")
     for col, justify in (("group", "left"), ("regime", "left"), ("median angle", "right"),
-                         ("angle/step change", "right"), ("norm change", "right"), ("final ‖w‖", "right")):
+                         ("angle/eff. step change", "right"), ("norm change", "right"), ("final ‖w‖", "right")):
         table.add_column(col, justify=justify)
     for g in doc["groups"]:
         if g["kind"] == "tensor":
             continue
         r = g["regime"]
-        table.add_row(g["name"], r["verdict"], f"{_fmt(r['median_angle_deg'], '.3f')}°", _fmt(r["rate_change_factor"], ".3g"),
+        table.add_row(g["name"], r["verdict"] or "—", f"{_fmt(r['median_angle_deg'], '.3f')}°", _fmt(r["rate_change_factor"], ".3g"),
                       _fmt(r["norm_change_factor"], ".3g"), _fmt(g["norm"][-1], ".4g"))
     console.print(table)
-    console.print("per-tensor rows are in --json / dynamics.csv")
+    console.print("per-tensor rows are in --json / dynamics.csv; a regime only for scale-invariant weights"
+                  + ("" if doc["scale_invariant"] else " (none here: --scale-invariant REGEX names them)"))
     for p in written:
         console.print(f"wrote {p}")
 
