@@ -1,4 +1,4 @@
-"""Tiny real models of every family in FORMATS.md's Q/K/V table, with the head counts they use.
+"""Tiny real models of every family in the README's Q/K/V layout table, with the head counts they use.
 
 Families in transformers are built from their own config classes. nanoGPT, Qwen v1 and OLMo v1 are not
 in transformers; for them a minimal attention module follows the public modeling code

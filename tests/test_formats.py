@@ -1,4 +1,4 @@
-"""Every producer of FORMATS.md: checkpoints found, put in training order, and every entry of the
+"""Every producer in the README's "Checkpoints it reads": checkpoints found, put in training order, and every entry of the
 trajectory map equal to an explicit float64 computation on the stored tensors, in all three modes."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 For each tensor the pass accumulates one float64 *basis Gram* G_B = B Bᵀ where the rows of B are
     b_0 = θ_0,   b_k = θ_k − θ_{k−1}  (k = 1 … N−1).
-Every quantity of METRICS.md is a linear function of these vectors — θ_k = b_0 + Σ_{j≤k} b_j,
+Every measure trajcli reports is a linear function of these vectors — θ_k = b_0 + Σ_{j≤k} b_j,
 θ_k − θ_r = ±Σ b_j over the steps between them, updates are b_k themselves — so the raw, displacement
 and update Grams all follow from G_B by small N × N products (trajcli.metrics.trajectory), while the
 differences that would cancel catastrophically are formed on each chunk before any product. One

@@ -14,7 +14,7 @@ from trajcli.io.jsonfile import read_json
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
-# Files that sit beside weights but never are weights (FORMATS.md: optimizer, scheduler, RNG state,
+# Files that sit beside weights but never are weights (optimizer, scheduler, RNG state,
 # pickled training arguments, DeepSpeed optimizer shards).
 _NOT_WEIGHTS = re.compile(
     r"^(optimizer.*|scheduler.*|scaler.*|rng_state.*|training_args.*|trainer_state.*"

@@ -9,8 +9,8 @@ _WRAPPERS = ("_orig_mod.", "module.")
 
 _FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16"}
 
-# (pattern on the canonical name, minimum ndim it applies to, reason). FORMATS.md "Tensors that are
-# not parameters": causal masks and buffers saved by older code.
+# (pattern on the canonical name, minimum ndim it applies to, reason): tensors that are
+# not parameters, causal masks and buffers saved by older code.
 _BUFFERS = (
     (re.compile(r"(^|\.)masked_bias$"), 0, "attention mask buffer"),
     (re.compile(r"(^|\.)(attn|attention)\.bias$"), 2, "causal attention mask buffer"),
