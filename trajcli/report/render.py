@@ -116,8 +116,13 @@ def print_inspect(doc: dict) -> None:
 
 def prepare_out(out: Path, inv: Inventory) -> Path:
     """The output folder of a command that reads checkpoints: checked, created, and held by this
-    process until the command ends (`writers.lock_out_dir`)."""
-    folder = prepare_out_dir(out, [c.path for c in inv.checkpoints])
+    process until the command ends."""
+    return _held(prepare_out_dir(out, [c.path for c in inv.checkpoints]))
+
+
+def _held(folder: Path) -> Path:
+    """`folder`, held by this process until the command ends (`writers.lock_out_dir`): one trajcli
+    writes into a folder at a time."""
     note = lock_out_dir(folder)
     if note:
         print(f"trajcli: note: {note}", file=sys.stderr)
@@ -332,7 +337,7 @@ def replot(results: list[Path], out: Path, labels: list[str] | None, plot_format
     docs = [_load_result(p) for p in results]
     names = labels or [p.resolve().parent.name or p.stem for p in results]
     names = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
-    out = prepare_out_dir(out, [])
+    out = _held(prepare_out_dir(out, []))
     written: list[str] = []
     by_schema: dict[str, list[tuple[str, dict]]] = {}
     for name, doc in zip(names, docs):
