@@ -166,9 +166,10 @@ def _take_reference(inv: Inventory, reference: str | None, strip: tuple[str, ...
 
 
 def _align_names(inv: Inventory) -> None:
-    """Checkpoints whose tensor names differ by a wrapper prefix (a base model and its fine-tune) are
-    aligned to the names most checkpoints use (the later ones on a tie), when `find_alignment` finds
-    one prefix unambiguously; the checkpoints are then opened again without it."""
+    """Checkpoints whose tensor names differ by a wrapper prefix (a base model and its fine-tune):
+    each other naming is compared with the one most checkpoints use (the later ones on a tie), and
+    when `find_alignment` finds one prefix unambiguously, the side that has it is opened again
+    without it (so the names may become the base's, shorter ones)."""
     while True:
         groups: dict[frozenset, list[int]] = {}
         for idx, reader in enumerate(inv.readers):
@@ -178,9 +179,8 @@ def _align_names(inv: Inventory) -> None:
         ranked = sorted(groups.values(), key=lambda idxs: (len(idxs), max(idxs)), reverse=True)
         most = ranked[0]
         for other in ranked[1:]:
-            label = _group_label(inv, other)
-            alignment = find_alignment(_shapes(inv.readers[other[0]]), _shapes(inv.readers[most[0]]), label,
-                                       _group_label(inv, most))
+            alignment = find_alignment(_shapes(inv.readers[other[0]]), _shapes(inv.readers[most[0]]),
+                                       _group_label(inv, other), _group_label(inv, most))
             if alignment is not None:
                 break
         else:
