@@ -198,3 +198,19 @@ def test_archs_lists_every_family():
     doc = run_json(["archs"])
     assert {f["name"] for f in doc["families"]} == set(MODELS)
     assert "interleaved" in run(["archs"]).stdout
+
+
+def test_nanogpt_without_model_args_splits_its_thirds_and_asks_heads_only_per_head(tmp_path):
+    saved, views = write_trajectory("nanogpt", tmp_path / "run")
+    for folder in (tmp_path / "run").iterdir():
+        ckpt = torch.load(folder / "ckpt.pt", weights_only=True)
+        del ckpt["model_args"]
+        torch.save(ckpt, folder / "ckpt.pt")
+    doc = run_json(["qkv", tmp_path / "run", "--mode", "displacement"])
+    with_heads = run_json(["qkv", tmp_path / "run", "--mode", "displacement", "--num-heads", "4"])
+    for a, b in zip(doc["layers"], with_heads["layers"]):  # the same parts, with or without head counts
+        for part in "qkv":
+            np.testing.assert_array_equal(as_array(a[part]["matrix"]), as_array(b[part]["matrix"]))
+            assert a[part]["n_params"] == b[part]["n_params"] == 16 * 16 + 16
+    result = run(["qkv", tmp_path / "run", "--per-head"])
+    assert result.exit_code == 1 and "--num-heads" in result.stderr and "Traceback" not in result.stderr

@@ -18,7 +18,7 @@ from trajcli.errors import DataError, UsageError
 
 LAYOUTS = ("interleaved", "multi_query", "grouped", "contiguous", "codegen", "separate")
 _FAMILY_KEYS = {"name", "title", "architectures", "model_types", "formats", "when", "config_defaults", "qkv", "heads"}
-_QKV_KEYS = {"fused", "q", "k", "v", "layout", "weight_axis", "num_kv_heads"}
+_QKV_KEYS = {"fused", "q", "k", "v", "layout", "weight_axis", "num_kv_heads", "equal_thirds"}
 _HEAD_KEYS = {"num_heads", "num_kv_heads", "head_dim"}
 
 
@@ -36,6 +36,7 @@ class Family:
     config_defaults: dict = field(default_factory=dict)
     head_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
     fixed_kv_heads: int | None = None
+    equal_thirds: bool = False  # Q, K and V are always a third each (nanoGPT): parts need no head counts
 
     @property
     def fused(self) -> bool:
@@ -82,6 +83,7 @@ def parse_family(raw: dict, where: str) -> Family:
         formats=tuple(raw.get("formats", ())), when=dict(raw.get("when", {})),
         config_defaults=dict(raw.get("config_defaults", {})),
         head_keys={k: tuple(v) for k, v in heads.items()}, fixed_kv_heads=qkv.get("num_kv_heads"),
+        equal_thirds=bool(qkv.get("equal_thirds", False)),
     )
 
 

@@ -183,7 +183,8 @@ def qkv_segments(tensors: list[TensorSpec], family: Family, heads: HeadCounts | 
     segments: dict[str, Segment] = {}
     index: dict[tuple, list] = defaultdict(list)
     leaf_info: dict[str, list] = {}  # leaf -> [(layer, part, head), param, n_params]
-    if (family.fused or per_head) and matched and heads is None:
+    thirds = heads is None and family.equal_thirds and not per_head  # nanoGPT's parts need no head counts
+    if (family.fused or per_head) and matched and heads is None and not thirds:
         raise DataError(
             f"the {family.name} attention layout ({family.layout}) cannot be split without the number of heads: "
             "none in config.json or the checkpoint",
@@ -199,7 +200,13 @@ def qkv_segments(tensors: list[TensorSpec], family: Family, heads: HeadCounts | 
             index[(layer, part, None)].append((t.name, param, t.numel))
             continue
         axis = family.weight_axis if (param == "weight" and len(t.shape) == 2) else 0
-        ranges = axis_ranges(family.name, family.layout, part, heads, t.name, t.shape, axis)
+        counts = heads
+        if thirds:  # one "head" a third long: Q, K, V = rows [0, d), [d, 2d), [2d, 3d)
+            if t.shape[axis] % 3:
+                raise DataError(f"tensor {t.name} has shape {list(t.shape)}: the {family.name} layout needs three equal "
+                                f"parts along axis {axis}", "check --arch, or pass --num-heads N")
+            counts = HeadCounts(1, 1, t.shape[axis] // 3, "equal thirds (no head counts needed for the parts)")
+        ranges = axis_ranges(family.name, family.layout, part, counts, t.name, t.shape, axis)
         per_elem = t.numel // t.shape[axis]
         cuts: list[tuple[int, int, str]] = []
         for start, stop, p, head in sorted(ranges):
