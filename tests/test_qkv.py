@@ -198,6 +198,15 @@ def test_archs_lists_every_family():
     doc = run_json(["archs"])
     assert {f["name"] for f in doc["families"]} == set(MODELS)
     assert "interleaved" in run(["archs"]).stdout
+    import inspect
+
+    import test_arch
+
+    proved = {f["name"]: f["proof"] for f in doc["families"]}
+    assert all(p == f"tests/test_arch.py::test_layout_matches_the_forward_pass[{n}]" for n, p in proved.items())
+    assert callable(getattr(test_arch, "test_layout_matches_the_forward_pass"))  # the named proof exists
+    assert "model types: gpt_bigcode multi_query=false" in run(["archs"]).stdout
+    assert inspect.signature(test_arch.test_layout_matches_the_forward_pass).parameters.keys() == {"name"}
 
 
 def test_nanogpt_without_model_args_splits_its_thirds_and_asks_heads_only_per_head(tmp_path):

@@ -434,3 +434,14 @@ def test_a_journal_that_cannot_be_written_leaves_no_empty_folder(tmp_path, monke
     with pytest.raises(DataError, match="cannot write the pass journal"):
         journal.finished("w", {"w": np.eye(2)}, {})  # every_s=0: written at once
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_silence_not_a_traceback(tmp_path):
+    """`trajcli similarity … --json | head -c 1`: the pipe is closed before trajcli writes."""
+    _write(tmp_path / "run", seed=21)
+    proc = subprocess.Popen([sys.executable, "-m", "trajcli", "similarity", str(tmp_path / "run"), "--json", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert proc.returncode == 1 and stderr == "", stderr

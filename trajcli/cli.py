@@ -54,7 +54,7 @@ def warn(message: str) -> None:
 
 
 # Writing failed for want of room or of a working device: the user's to mend, not a bug of trajcli.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EPIPE}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
 def handles_errors(fn):
@@ -75,6 +75,9 @@ def handles_errors(fn):
         except (KeyboardInterrupt, Terminated):
             typer.echo("trajcli: interrupted; no output was left half-written", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # `trajcli … | head`: the reader has all it wanted; nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except OSError as exc:
             if exc.errno not in _WRITE_ERRNOS or _STATE["debug"]:
                 raise
@@ -817,12 +820,17 @@ def archs(json_output: JsonOpt = False) -> None:
     from trajcli.report import render
 
     families = [{"name": f.name, "title": f.title, "layout": f.layout, "model_types": list(f.model_types),
-                 "architectures": list(f.architectures)} for f in load_families()]
+                 "architectures": list(f.architectures), "when": dict(f.when),
+                 "proof": f"tests/test_arch.py::test_layout_matches_the_forward_pass[{f.name}]"}
+                for f in load_families()]
     if json_output:
         render.print_json({"schema": "trajcli.archs/1", "families": families})
         return
     for f in families:
-        typer.echo(f"{f['name']:<12} {f['layout']:<12} {f['title']}")
+        covers = ", ".join(f["model_types"]) or "by checkpoint format"
+        when = "".join(f" {k}={str(v).lower()}" for k, v in f["when"].items())
+        typer.echo(f"{f['name']:<16} {f['layout']:<12} {f['title']}\n{'':<16} model types: {covers}{when}")
+    typer.echo("each layout is proved against its model's own forward pass by the test named in --json (proof)")
 
 
 @app.command()
