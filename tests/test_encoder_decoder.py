@@ -98,3 +98,18 @@ def test_a_flag_that_contradicts_a_fixed_fact_of_the_layout_is_refused(tmp_path)
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert "--num-kv-heads gives 4 key/value heads, but the gpt_bigcode layout has 1" in result.stderr
     assert run(["qkv", tmp_path / "run", "--num-kv-heads", "1", "-q"]).exit_code == 0
+
+
+def test_names_that_fit_several_layouts_list_only_those_the_shapes_allow(tmp_path):
+    """GPT-BigCode with multi_query=false and no config.json: its names fit gpt2, gpt_bigcode,
+    gpt_bigcode_mha, nanogpt and qwen; the shapes ([3d, d]) rule out GPT-2's Conv1D and the
+    multi-query rows, and the refusal says what decides."""
+    from test_qkv import write_trajectory
+
+    write_trajectory("gpt_bigcode_mha", tmp_path / "run", n=3, seed=5)
+    for folder in (tmp_path / "run").iterdir():
+        (folder / "config.json").unlink()
+    result = run(["qkv", tmp_path / "run", "--num-heads", "4"])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert "(fits gpt_bigcode_mha, nanogpt, qwen)" in result.stderr
+    assert "config.json (model_type, architectures and flags such as multi_query) decides" in result.stderr

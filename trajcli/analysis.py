@@ -158,13 +158,18 @@ class Architecture:
 
 def detect_architecture(inv: Inventory, arch: str | None, head_flags: dict) -> Architecture:
     """The family of the trajectory (from --arch, config.json, the format or tensor names) and its heads."""
-    from trajcli.arch.families import detect_family
-    from trajcli.arch.grouping import hidden_size_from, qkv_tensors, resolve_heads
+    from trajcli.arch.families import Detection, detect_family, family_by_name
+    from trajcli.arch.grouping import hidden_size_from, qkv_tensors, resolve_heads, shapes_fit
     from trajcli.io.config import find_model_config
 
     config, config_path = find_model_config(inv.checkpoints)
     names = [t.name for t in inv.tensors]
     detection = detect_family(config, inv.checkpoints[0].format, names, arch)
+    if detection.ambiguous:  # name the candidates the stored shapes allow, and what decides between them
+        fitting = tuple(n for n in detection.ambiguous if shapes_fit(inv.tensors, family_by_name(n)))
+        why = ("; config.json (model_type, architectures and flags such as multi_query) decides, and there is none"
+               if fitting else f" ({', '.join(detection.ambiguous)}), none of whose layouts fits the stored shapes")
+        detection = Detection(None, detection.source + why, fitting)
     heads = None
     if detection.family is not None:
         matched = qkv_tensors(inv.tensors, detection.family)

@@ -161,6 +161,24 @@ def qkv_tensors(tensors: list[TensorSpec], family: Family) -> dict[str, tuple[st
     return found
 
 
+def shapes_fit(tensors: list[TensorSpec], family: Family) -> bool:
+    """Whether the family's fused Q/K/V weights could have the stored shapes, whatever the head counts:
+    a third each (interleaved, row or column thirds) is 3 × the input width along the Q/K/V axis; one
+    K/V head (multi-query) is between 1 and 3 × it; grouped layouts fit any length. Used only to
+    narrow a refusal's list of candidates, never to choose a layout."""
+    for t in tensors:
+        m = family.match(t.name)
+        if m is None or m[0] != "qkv" or m[2] != "weight" or len(t.shape) != 2:
+            continue
+        along, width = t.shape[family.weight_axis], t.shape[1 - family.weight_axis]
+        if family.fixed_kv_heads == 1 and family.layout in ("contiguous", "multi_query"):
+            return width < along < 3 * width
+        if family.layout in ("interleaved", "codegen") or (family.layout == "contiguous" and family.equal_thirds):
+            return along == 3 * width
+        return True
+    return True
+
+
 def hidden_size_from(tensors: list[TensorSpec], family: Family, matched: dict) -> int | None:
     """The input width of the first Q/K/V weight (its `in` features)."""
     for t in tensors:
