@@ -91,6 +91,13 @@ def transformers_models():
     def causal(cls, cfg):
         return built(cls, cfg, "logits")
 
+    def seq2seq(cls, cfg):  # the same ids into the encoder and the decoder
+        def build():
+            torch.manual_seed(0)
+            model = cls(cfg).eval()
+            return model, (lambda x: model(input_ids=x, decoder_input_ids=x).logits)
+        return build
+
     def encoder(cls, cfg):
         return built(cls, cfg, "last_hidden_state")
 
@@ -124,6 +131,13 @@ def transformers_models():
         "llama": (causal(T.LlamaForCausalLM, T.LlamaConfig(**common, hidden_size=D, num_hidden_layers=2, num_attention_heads=H,
                                                            num_key_value_heads=2, intermediate_size=32, attention_bias=True,
                                                            bos_token_id=0, eos_token_id=0)), (H, 2)),
+        "bart": (seq2seq(T.BartForConditionalGeneration, T.BartConfig(**common, d_model=D, encoder_layers=2, decoder_layers=2,
+                                                                     encoder_attention_heads=H, decoder_attention_heads=H,
+                                                                     encoder_ffn_dim=32, decoder_ffn_dim=32,
+                                                                     max_position_embeddings=16)), (H, H)),
+        "t5": (seq2seq(T.T5ForConditionalGeneration, T.T5Config(**common, d_model=D, d_kv=3, d_ff=32, num_layers=2,
+                                                               num_decoder_layers=2, num_heads=H, decoder_start_token_id=0)),
+               (H, H, 3)),  # head_dim d_kv = 3, not d_model / heads
         "bert": (encoder(T.BertModel, T.BertConfig(**common, hidden_size=D, num_hidden_layers=2, num_attention_heads=H,
                                                    intermediate_size=32)), (H, H)),
     }

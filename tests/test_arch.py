@@ -34,7 +34,7 @@ def _layer0_ranges(model, family, heads):
     matched = qkv_tensors(_specs(model), family)
     out = []
     for name, (part, layer, param) in matched.items():
-        if layer != 0:
+        if (layer[1] if isinstance(layer, tuple) else layer) != 0:  # layer 0 of every block (encoder-decoder)
             continue
         t = params[name]
         axis = family.weight_axis if (param == "weight" and t.dim() == 2) else 0
@@ -54,12 +54,12 @@ def _edit(ranges, part: str, heads: set[int], fn) -> None:
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_layout_matches_the_forward_pass(name):
-    build, (n_heads, n_kv) = MODELS[name]
+    build, (n_heads, n_kv, *head_dim) = MODELS[name]
     model, forward = build()
     family = family_by_name(name)
     specs = _specs(model)
     d_in = hidden_size_from(specs, family, qkv_tensors(specs, family))
-    heads = HeadCounts(n_heads, n_kv, d_in // n_heads, "test")
+    heads = HeadCounts(n_heads, n_kv, head_dim[0] if head_dim else d_in // n_heads, "test")
     x = torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(1))
     original = {k: v.clone() for k, v in model.state_dict().items()}
     per_group = n_heads // n_kv

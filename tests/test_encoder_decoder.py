@@ -1,5 +1,6 @@
 """Encoder-decoder models (BART and the models named like it): block N of the encoder is never merged
-with block N of the decoder; Q/K/V, which cannot tell them apart yet, refuses instead of merging."""
+with block N of the decoder, in `layers` or in `qkv` (encoder self-, decoder self- and cross-attention
+are three blocks); a layout that cannot tell them apart refuses instead of merging."""
 
 from __future__ import annotations
 
@@ -54,19 +55,39 @@ def test_encoder_and_decoder_blocks_stay_apart_with_exact_maps(bart_run):
     assert "encoder.block.0.attn_q" in q and "decoder.block.0.attn_q" in q
 
 
-def test_qkv_refuses_to_merge_an_encoders_and_a_decoders_layer(bart_run):
-    result = run(["qkv", bart_run])
+def test_qkv_keeps_encoder_decoder_and_cross_attention_apart(bart_run):
+    doc = run_json(["qkv", bart_run, "--per-head"])
+    assert doc["architecture"] == "bart"
+    assert [(e["block"], e["layer"]) for e in doc["layers"]] == [
+        ("encoder", 0), ("encoder", 1), ("decoder", 0), ("decoder", 1), ("decoder.cross", 0), ("decoder.cross", 1)]
+    assert [e["depth"] for e in doc["layers"]] == [0.25, 0.75] * 3  # depth within each block
+    saved = [_tensors(bart_run / f"step{k}") for k in range(3)]
+    for entry in doc["layers"]:
+        stack, _, cross = entry["block"].partition(".")
+        module = "encoder_attn" if cross else "self_attn"
+        for part in "qkv":
+            names = [f"model.{stack}.layers.{entry['layer']}.{module}.{part}_proj.{p}" for p in ("weight", "bias")]
+            x = np.stack([np.concatenate([sd[n].ravel() for n in names]) for sd in saved])
+            d = x[1:] - x[0]
+            expected = (d @ d.T) / np.outer(np.linalg.norm(d, axis=1), np.linalg.norm(d, axis=1))
+            np.testing.assert_allclose(as_array(entry[part]["matrix"]), expected, rtol=0, atol=1e-12)
+        assert len(entry["heads"]["q"]) == 2
+
+
+def test_a_layout_that_cannot_tell_the_blocks_apart_refuses_to_merge_them(bart_run):
+    result = run(["qkv", bart_run, "--arch", "llama"])
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert "model.decoder.layers.0.self_attn" in result.stderr and "model.encoder.layers.0.self_attn" in result.stderr
-    assert "would both be layer 0's" in result.stderr
-    assert "encoder-decoder models" in result.stderr
+    assert "would both be layer 0's" in result.stderr and "encoder-decoder models" in result.stderr
 
 
-def test_a_report_on_an_encoder_decoder_model_leaves_qkv_out_and_says_why(bart_run, tmp_path):
+def test_a_report_on_an_encoder_decoder_model_keeps_its_blocks(bart_run, tmp_path):
     result = run(["report", bart_run, "--out", tmp_path / "out"])
     assert result.exit_code == 0, result.stderr
-    assert "Q/K/V left out" in result.stderr and "encoder-decoder" in result.stderr
-    assert not (tmp_path / "out" / "qkv.json").exists()
+    qkv = __import__("json").loads((tmp_path / "out" / "qkv.json").read_text())
+    assert {e["block"] for e in qkv["layers"]} == {"encoder", "decoder", "decoder.cross"}
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<td class='num'>decoder.cross 1</td>" in page
 
 
 def test_attention_tensors_the_layout_does_not_place_are_named_never_dropped_silently(tmp_path):

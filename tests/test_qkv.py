@@ -39,10 +39,10 @@ def _views(model, family, heads):
 
 def _heads_of(name, model):
     family = family_by_name(name)
-    n_heads, n_kv = MODELS[name][1]
+    n_heads, n_kv, *head_dim = MODELS[name][1]
     specs = [TensorSpec(n, tuple(t.shape), (str(t.dtype),)) for n, t in model.state_dict().items()]
     d_in = hidden_size_from(specs, family, qkv_tensors(specs, family))
-    return family, HeadCounts(n_heads, n_kv, d_in // n_heads, "test")
+    return family, HeadCounts(n_heads, n_kv, head_dim[0] if head_dim else d_in // n_heads, "test")
 
 
 def _slice(t: torch.Tensor, axis: int, start: int, stop: int) -> torch.Tensor:
@@ -91,7 +91,11 @@ def test_only_query_moving_freely_shows_in_q_not_k_v(tmp_path, name):
     saved, views = write_trajectory(name, tmp_path / "run")
     doc = run_json(["qkv", tmp_path / "run", "--mode", "displacement"])
     assert doc["architecture"] == name
-    assert doc["n_layers"] == 2 and [e["layer"] for e in doc["layers"]] == [0, 1]
+    # two layers; three attention blocks of two layers each in an encoder-decoder model (encoder self,
+    # decoder self, decoder cross), never merged
+    blocks = [None] if doc["layers"][0]["block"] is None else ["encoder", "decoder", "decoder.cross"]
+    assert [(e["block"], e["layer"]) for e in doc["layers"]] == [(b, n) for b in blocks for n in (0, 1)]
+    assert doc["n_layers"] == 2 * len(blocks)
     for entry in doc["layers"]:
         assert entry["k"]["mds"] == pytest.approx(1.0, abs=1e-6), name
         assert entry["v"]["mds"] == pytest.approx(1.0, abs=1e-6), name
@@ -102,8 +106,9 @@ def test_only_query_moving_freely_shows_in_q_not_k_v(tmp_path, name):
         for part in "qkv":
             rows = []
             for state in saved:
+                key = (entry["block"], entry["layer"]) if entry["block"] else entry["layer"]
                 pieces = [_slice(state[t], axis, a, b).to(torch.float64).reshape(-1)
-                          for t, axis, a, b, p, h, layer, param in views if layer == entry["layer"] and p == part]
+                          for t, axis, a, b, p, h, layer, param in views if layer == key and p == part]
                 rows.append(torch.cat(pieces).numpy())
             x = np.stack(rows)
             d = x[1:] - x[0]

@@ -256,17 +256,25 @@ def _rms_difference(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.sqrt(np.mean(d ** 2))) if d.size else None
 
 
-def qkv_result(inv: Inventory, grams: GramSet, plan, layers: list[int], mode: str, arch: Architecture,
+def qkv_result(inv: Inventory, grams: GramSet, plan, layers: list, mode: str, arch: Architecture,
                include_bias: bool, per_head: bool) -> tuple[dict, list[str]]:
+    """Per attention layer (`layers`: indices, or (block, index) in an encoder-decoder model, whose
+    depth then runs within its block): ω of Q, K and V, heterogeneity, map distance (and per head)."""
+    from trajcli.arch.grouping import layer_name
+
     head, ref_idx = _common(inv, grams, mode)
     by_name = {g.name: g for g in plan.groups}
     n_layers = len(layers)
+    block_of = [layer[0] if isinstance(layer, tuple) else None for layer in layers]
     out_layers, part_docs = [], []
     for i, layer in enumerate(layers):
-        entry: dict = {"layer": layer, "depth": (i + 0.5) / n_layers}
+        block = block_of[i]
+        in_block = block_of.count(block)
+        entry: dict = {"layer": layer[1] if block else layer, "block": block,
+                       "depth": (block_of[:i].count(block) + 0.5) / in_block}
         maps = {}
         for part in "qkv":
-            doc, cos = group_document(grams, by_name[f"layer.{layer}.{part}"], mode, ref_idx, full=False)
+            doc, cos = group_document(grams, by_name[f"{layer_name(layer)}.{part}"], mode, ref_idx, full=False)
             entry[part] = {"mds": doc["mds"], "n_params": doc["n_params"], "matrix": doc["matrix"]}
             maps[part] = cos
             part_docs.append(doc)
@@ -523,6 +531,11 @@ QKV_BACKGROUND = ("Background from the literature, not a finding of this run: in
                   "separate in the middle layers; at larger scale they coincide.")
 
 
+def layer_label(entry: dict) -> str:
+    """A Q/K/V layer as people read it: `3`, or `encoder 3`, `decoder.cross 3`."""
+    return f"{entry['block']} {entry['layer']}" if entry.get("block") else str(entry["layer"])
+
+
 def qkv_noise_floor(entry: dict) -> float | None:
     """A layer's noise floor for heterogeneity: the largest standard error, over Q, K and V, of the
     mean of that part's per-head ω (the spread of heads within a part is what one number per part
@@ -550,10 +563,10 @@ def qkv_findings(doc: dict) -> list[str]:
         said.append("No noise floor could be computed (per-head ω needs the head counts), so no layer's "
                     "heterogeneity is called significant or negligible.")
     else:
-        above = sorted(((e["heterogeneity"], e["layer"]) for e, f in zip(layers, floors)
+        above = sorted(((e["heterogeneity"], layer_label(e)) for e, f in zip(layers, floors)
                         if e["heterogeneity"] > 2 * f), reverse=True)
         if above:
-            top = ", ".join(str(layer) for _, layer in above[:3])
+            top = ", ".join(label for _, label in above[:3])
             said.append(f"Here ω_Q, ω_K and ω_V differ beyond twice the noise floor in {len(above)} of {len(layers)} "
                         f"layers, most in layer{'s' if len(above) > 1 else ''} {top} (h = {above[0][0]:.3g}); "
                         f"in the other {len(layers) - len(above)} they coincide within it.")

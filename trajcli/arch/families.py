@@ -42,12 +42,18 @@ class Family:
     def fused(self) -> bool:
         return self.layout != "separate"
 
-    def match(self, name: str) -> tuple[str, int, str] | None:
-        """(part, layer, param) when `name` is a Q/K/V tensor of this family; part is 'qkv' if fused."""
+    def match(self, name: str) -> tuple[str, int | tuple[str, int], str] | None:
+        """(part, layer, param) when `name` is a Q/K/V tensor of this family; part is 'qkv' if fused.
+        In an encoder-decoder family (patterns with a `stack` group) the layer is (block, index), the
+        block "encoder", "decoder" or "decoder.cross" (a `cross` group matched): three attention
+        blocks can share an index."""
         for part, pattern in self.patterns.items():
             found = pattern.search(name)
             if found:
-                return ("qkv" if part == "fused" else part), int(found.group("layer")), found.group("param")
+                layer: int | tuple[str, int] = int(found.group("layer"))
+                if "stack" in pattern.groupindex:
+                    layer = (found.group("stack") + (".cross" if found.groupdict().get("cross") else ""), layer)
+                return ("qkv" if part == "fused" else part), layer, found.group("param")
         return None
 
     def fits_config(self, config: dict) -> bool:

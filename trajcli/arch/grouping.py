@@ -291,13 +291,27 @@ def plan_layers(tensors: list[TensorSpec], by: str, family: Family | None, heads
     return plan
 
 
+_BLOCK_ORDER = {"encoder": 0, "decoder": 1, "decoder.cross": 2}
+
+
+def layer_order(layer) -> tuple:
+    """Sort key of a layer: its index, or (an encoder-decoder model's) its block, then its index."""
+    return (_BLOCK_ORDER.get(layer[0], 3), layer[0], layer[1]) if isinstance(layer, tuple) else (0, "", layer)
+
+
+def layer_name(layer) -> str:
+    """`layer.3`, or `encoder.layer.3`, `decoder.cross.layer.3` in an encoder-decoder model."""
+    return f"{layer[0]}.layer.{layer[1]}" if isinstance(layer, tuple) else f"layer.{layer}"
+
+
 def plan_qkv(tensors: list[TensorSpec], family: Family, heads: HeadCounts | None, per_head: bool,
-             include_bias: bool) -> tuple[Plan, list[int]]:
-    """Per layer: Q, K and V groups (and per-head groups with `per_head`)."""
+             include_bias: bool) -> tuple[Plan, list]:
+    """Per layer (per block and layer in an encoder-decoder model): Q, K and V groups (and per-head
+    groups with `per_head`)."""
     segments, index = qkv_segments(tensors, family, heads, per_head)
     matched = qkv_tensors(tensors, family)
     plan = Plan(segments=segments, unclaimed=[t.name for t in tensors if t.name not in matched and _QKV_LIKE.search(t.name)])
-    layers = sorted({layer for (layer, _, _) in index})
+    layers = sorted({layer for (layer, _, _) in index}, key=layer_order)
     if not layers:
         raise DataError(f"no {family.name} attention tensors among the analysed tensors",
                         "check --include/--exclude, or --arch")
@@ -306,14 +320,14 @@ def plan_qkv(tensors: list[TensorSpec], family: Family, heads: HeadCounts | None
             keys = sorted(k for k in index if k[0] == layer and k[1] == part)
             part_leaves = [(leaf, n) for k in keys for leaf, param, n in index[k] if include_bias or param != "bias"]
             if not part_leaves:
-                raise DataError(f"layer {layer} of {family.name} has no {part.upper()} weight",
+                raise DataError(f"{layer_name(layer)} of {family.name} has no {part.upper()} weight",
                                 "the checkpoint does not follow this layout; check --arch")
-            plan.groups.append(Group(f"layer.{layer}.{part}", "part", layer, [l for l, _ in part_leaves],
+            plan.groups.append(Group(f"{layer_name(layer)}.{part}", "part", layer, [l for l, _ in part_leaves],
                                      sum(n for _, n in part_leaves), part=part))
             if per_head:
                 for k in keys:
                     leaves = [(leaf, n) for leaf, param, n in index[k] if include_bias or param != "bias"]
-                    plan.groups.append(Group(f"layer.{layer}.{part}.h{k[2]}", "head", layer, [l for l, _ in leaves],
+                    plan.groups.append(Group(f"{layer_name(layer)}.{part}.h{k[2]}", "head", layer, [l for l, _ in leaves],
                                              sum(n for _, n in leaves), part=part, head=k[2]))
     return plan, layers
 

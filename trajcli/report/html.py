@@ -138,7 +138,9 @@ def regime_table(doc: dict) -> str:
 
 
 def qkv_table(doc: dict) -> str:
-    rows = [[str(e["layer"]), f"{e['depth']:.2f}", _fmt(e["q"]["mds"], ".4f"), _fmt(e["k"]["mds"], ".4f"),
+    from trajcli.analysis import layer_label
+
+    rows = [[html.escape(layer_label(e)), f"{e['depth']:.2f}", _fmt(e["q"]["mds"], ".4f"), _fmt(e["k"]["mds"], ".4f"),
              _fmt(e["v"]["mds"], ".4f"), _fmt(e["heterogeneity"], ".4f"), _fmt(e["map_distance"], ".4f")]
             for e in doc["layers"]]
     headers = ["layer", "depth", "ω<sub>Q</sub>", "ω<sub>K</sub>", "ω<sub>V</sub>", "heterogeneity", "map distance"]

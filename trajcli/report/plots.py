@@ -227,12 +227,17 @@ def qkv_curves(path: Path, runs: list[tuple[str, dict]], fmt: str = "png") -> No
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=DPI)
     ax.axvspan(1 / 3, 2 / 3, color="0.92", zorder=0, label="middle third")
     dashes = ["-", "--", ":", "-."]
-    for r, (label, doc) in enumerate(runs):
-        for part, (color, marker, name) in PART_STYLE.items():
-            pts = [(layer["depth"], layer[part]["mds"]) for layer in doc["layers"] if layer[part]["mds"] is not None]
-            if pts:
-                tag = f"ω_{name}" + (f" {label}" if len(runs) > 1 else "")
-                ax.plot(*zip(*pts), color=color, marker=marker, ms=4, ls=dashes[r % len(dashes)], label=tag)
+    line = 0
+    for label, doc in runs:
+        blocks = list(dict.fromkeys(layer.get("block") for layer in doc["layers"]))  # one line per block
+        for block in blocks:
+            for part, (color, marker, name) in PART_STYLE.items():
+                pts = [(layer["depth"], layer[part]["mds"]) for layer in doc["layers"]
+                       if layer.get("block") == block and layer[part]["mds"] is not None]
+                if pts:
+                    tag = " ".join(filter(None, (f"ω_{name}", block, label if len(runs) > 1 else "")))
+                    ax.plot(*zip(*pts), color=color, marker=marker, ms=4, ls=dashes[line % len(dashes)], label=tag)
+            line += 1
     ax.set_xlim(0, 1)
     ax.set_xlabel("normalized depth (layer + ½) / L")
     ax.set_ylabel("MDS ω")
@@ -244,15 +249,22 @@ def qkv_curves(path: Path, runs: list[tuple[str, dict]], fmt: str = "png") -> No
     _save(fig, path, fmt)
 
 
+def _layer_label(entry: dict) -> str:
+    return f"{entry['block']} {entry['layer']}" if entry.get("block") else str(entry["layer"])
+
+
 def qkv_heterogeneity(path: Path, doc: dict, fmt: str = "png") -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=DPI)
-    layers = [entry["layer"] for entry in doc["layers"]]
+    labels = [_layer_label(entry) for entry in doc["layers"]]
     het = [np.nan if e["heterogeneity"] is None else e["heterogeneity"] for e in doc["layers"]]
     dist = [np.nan if e["map_distance"] is None else e["map_distance"] for e in doc["layers"]]
     width = 0.4
-    ax.bar(np.array(layers) - width / 2, het, width, label="heterogeneity max ω − min ω", color="#9467bd")
-    ax.bar(np.array(layers) + width / 2, dist, width, label="map distance (mean RMS)", color="#8c564b")
+    x = np.arange(len(labels))
+    ax.bar(x - width / 2, het, width, label="heterogeneity max ω − min ω", color="#9467bd")
+    ax.bar(x + width / 2, dist, width, label="map distance (mean RMS)", color="#8c564b")
+    ticks = even_picks(len(labels), 24)
+    ax.set_xticks(ticks, [labels[i] for i in ticks], fontsize=7, rotation=45 if any(" " in t for t in labels) else 0)
     ax.set_xlabel("layer")
     ax.set_title("Q/K/V heterogeneity per layer", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
@@ -274,7 +286,7 @@ def qkv_heads(path: Path, doc: dict, fmt: str = "png") -> None:
         ax.set_title(f"ω_{part.upper()} per head", fontsize=9)
         ax.set_xlabel("head" if part == "q" else "K/V head")
         ax.set_ylabel("layer")
-        ax.set_yticks(range(len(table)), [str(layer["layer"]) for layer in doc["layers"]], fontsize=7)
+        ax.set_yticks(range(len(table)), [_layer_label(layer) for layer in doc["layers"]], fontsize=7)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02, label="MDS ω")
     fig.savefig(path, format=fmt)

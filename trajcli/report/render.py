@@ -11,7 +11,7 @@ import numpy as np
 
 from trajcli import __version__
 from trajcli.analysis import (LAYERS_SCHEMA, QKV_BACKGROUND, QKV_SCHEMA, SIMILARITY_SCHEMA, checkpoints_json,
-                              qkv_findings)
+                              layer_label, qkv_findings)
 from trajcli.errors import DataError, UsageError
 from trajcli.io.inventory import Inventory
 from trajcli.report import plots
@@ -257,12 +257,13 @@ def print_layers(doc: dict, written: list[Path]) -> None:
 
 
 QKV_COLUMNS = ["layer", "depth", "mds_q", "mds_k", "mds_v", "heterogeneity", "map_distance",
-               "n_params_q", "n_params_k", "n_params_v"]
+               "n_params_q", "n_params_k", "n_params_v", "block"]
 
 
 def add_qkv(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
     rows = [[e["layer"], e["depth"], e["q"]["mds"], e["k"]["mds"], e["v"]["mds"], e["heterogeneity"],
-             e["map_distance"], e["q"]["n_params"], e["k"]["n_params"], e["v"]["n_params"]] for e in doc["layers"]]
+             e["map_distance"], e["q"]["n_params"], e["k"]["n_params"], e["v"]["n_params"], e.get("block")]
+            for e in doc["layers"]]
     names = ["qkv.json", "qkv.csv", f"qkv_mds.{plot_format}", f"qkv_heterogeneity.{plot_format}"]
     files.json(names[0], doc)
     files.text(names[1], rows_csv(QKV_COLUMNS, rows))
@@ -270,9 +271,9 @@ def add_qkv(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
     files.draw(names[2], plots.qkv_curves, [("", drawn)], plot_format)
     files.draw(names[3], plots.qkv_heterogeneity, drawn, plot_format)
     if doc["per_head"]:
-        head_rows = [[e["layer"], part, h, v] for e in doc["layers"] for part in "qkv"
+        head_rows = [[e["layer"], part, h, v, e.get("block")] for e in doc["layers"] for part in "qkv"
                      for h, v in enumerate(e["heads"][part])]
-        files.text("qkv_heads.csv", rows_csv(["layer", "part", "head", "mds"], head_rows))
+        files.text("qkv_heads.csv", rows_csv(["layer", "part", "head", "mds", "block"], head_rows))
         files.draw(f"qkv_heads.{plot_format}", plots.qkv_heads, drawn, plot_format)
         names += ["qkv_heads.csv", f"qkv_heads.{plot_format}"]
     return names
@@ -289,7 +290,7 @@ def print_qkv(doc: dict, written: list[Path]) -> None:
     for col in ("layer", "depth", "ω_Q", "ω_K", "ω_V", "heterogeneity", "map distance"):
         table.add_column(col, justify="right")
     for e in doc["layers"]:
-        table.add_row(str(e["layer"]), f"{e['depth']:.2f}", _fmt(e["q"]["mds"]), _fmt(e["k"]["mds"]),
+        table.add_row(layer_label(e), f"{e['depth']:.2f}", _fmt(e["q"]["mds"]), _fmt(e["k"]["mds"]),
                       _fmt(e["v"]["mds"]), _fmt(e["heterogeneity"]), _fmt(e["map_distance"]))
     console.print(table)
     if layout["num_heads"]:
