@@ -75,7 +75,9 @@ def test_qkv_keeps_encoder_decoder_and_cross_attention_apart(bart_run):
 
 
 def test_a_layout_that_cannot_tell_the_blocks_apart_refuses_to_merge_them(bart_run):
-    result = run(["qkv", bart_run, "--arch", "llama"])
+    contradicted = run(["qkv", bart_run, "--arch", "llama"])
+    assert contradicted.exit_code == 2 and "--arch llama contradicts config.json, whose model is bart" in contradicted.stderr
+    result = run(["qkv", bart_run, "--arch", "llama", "--force-layout"])
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert "model.decoder.layers.0.self_attn" in result.stderr and "model.encoder.layers.0.self_attn" in result.stderr
     assert "would both be layer 0's" in result.stderr and "encoder-decoder models" in result.stderr
@@ -134,3 +136,18 @@ def test_names_that_fit_several_layouts_list_only_those_the_shapes_allow(tmp_pat
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert "(fits gpt_bigcode_mha, nanogpt, qwen)" in result.stderr
     assert "config.json (model_type, architectures and flags such as multi_query) decides" in result.stderr
+
+
+def test_flags_that_contradict_config_json_need_force_layout(tmp_path):
+    """GPT-BigCode with multi_query=false: `--arch nanogpt` (row thirds) gave wrong maps silently;
+    config.json is the model's own record, so a contradicting flag is refused unless forced."""
+    from test_qkv import write_trajectory
+
+    write_trajectory("gpt_bigcode_mha", tmp_path / "run", n=3, seed=6)
+    arch = run(["qkv", tmp_path / "run", "--arch", "nanogpt"])
+    assert arch.exit_code == 2 and "--arch nanogpt contradicts config.json, whose model is gpt_bigcode_mha" in arch.stderr
+    heads = run(["qkv", tmp_path / "run", "--num-heads", "8"])
+    assert heads.exit_code == 2 and "--num-heads 8 contradicts n_head in config.json, which says 4" in heads.stderr
+    assert run(["qkv", tmp_path / "run", "--num-heads", "4", "-q"]).exit_code == 0  # agreeing is fine
+    forced = run(["qkv", tmp_path / "run", "--arch", "nanogpt", "--force-layout", "-q", "--json"])
+    assert forced.exit_code == 0 and '"architecture": "nanogpt"' in forced.stdout  # the user's word, taken

@@ -10,6 +10,7 @@ import numpy as np
 
 from trajcli import __version__
 from trajcli.engine.gram import GramSet
+from trajcli.errors import DataError, UsageError
 from trajcli.io.inventory import Inventory
 from trajcli.metrics import trajectory as tm
 
@@ -165,6 +166,15 @@ def detect_architecture(inv: Inventory, arch: str | None, head_flags: dict) -> A
     config, config_path = find_model_config(inv.checkpoints)
     names = [t.name for t in inv.tensors]
     detection = detect_family(config, inv.checkpoints[0].format, names, arch)
+    if arch is not None and config and not head_flags.get("force_layout"):
+        try:
+            recorded = detect_family(config, inv.checkpoints[0].format, names, None)
+        except DataError:  # config.json fits several layouts: --arch is what decides
+            recorded = Detection(None, "")
+        if recorded.source == "config.json" and recorded.family.name != arch:
+            raise UsageError(f"--arch {arch} contradicts config.json, whose model is {recorded.family.name} "
+                             f"({recorded.family.title})",
+                             "drop --arch, or add --force-layout if config.json is wrong")
     if detection.ambiguous:  # name the candidates the stored shapes allow, and what decides between them
         fitting = tuple(n for n in detection.ambiguous if shapes_fit(inv.tensors, family_by_name(n)))
         why = ("; config.json (model_type, architectures and flags such as multi_query) decides, and there is none"
@@ -322,7 +332,6 @@ def plan_report(inv: Inventory, arch: str | None, head_flags: dict) -> ReportPla
     """The finest cut any analysis needs (Q/K/V heads when the architecture is known), so one pass
     serves every analysis; a layout that cannot be split leaves Q/K/V out with the reason."""
     from trajcli.arch.grouping import plan_layers, plan_qkv
-    from trajcli.errors import DataError
 
     try:
         architecture = detect_architecture(inv, arch, head_flags)

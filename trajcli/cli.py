@@ -131,6 +131,7 @@ ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture fam
 HeadsOpt = Annotated[Optional[int], typer.Option("--num-heads", min=1, help="Query heads [default: from config.json / model_args].")]
 KvHeadsOpt = Annotated[Optional[int], typer.Option("--num-kv-heads", min=1, help="Key/value heads (grouped-query attention) [default: from config, else = heads].")]
 HeadDimOpt = Annotated[Optional[int], typer.Option("--head-dim", min=1, help="Head dimension [default: from config, else hidden size / heads].")]
+ForceOpt = Annotated[bool, typer.Option("--force-layout", help="Let --arch and the head-count flags override what config.json says (refused otherwise: config.json is the model's own record).")]
 ModeOpt = Annotated[str, typer.Option("--mode", "-m", help="raw: θ_k; displacement: θ_k − θ_ref; update: θ_{k+1} − θ_k.")]
 ReferenceOpt = Annotated[Optional[str], typer.Option("--reference", help="Reference checkpoint for displacement: a name or step of the trajectory, or the path of a checkpoint outside it (e.g. the base model of a fine-tune, which then starts the trajectory) [default: the first].")]
 StripOpt = Annotated[Optional[list[str]], typer.Option("--strip-prefix", help="Remove this prefix from every tensor name (repeatable), e.g. bert. to compare a fine-tune with its base [default: detected when unambiguous].")]
@@ -373,6 +374,7 @@ def layers(
     num_heads: HeadsOpt = None,
     num_kv_heads: KvHeadsOpt = None,
     head_dim: HeadDimOpt = None,
+    force_layout: ForceOpt = False,
     every: EveryOpt = 1,
     max_checkpoints: MaxOpt = None,
     steps: StepsOpt = None,
@@ -408,7 +410,8 @@ def layers(
     _check_choice(mode, "--mode", _modes())
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
-    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
+    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
+                  "force_layout": force_layout}
 
     def plan_for(inv):
         from trajcli.arch.grouping import MergedBlocksError
@@ -448,6 +451,7 @@ def qkv(
     num_heads: HeadsOpt = None,
     num_kv_heads: KvHeadsOpt = None,
     head_dim: HeadDimOpt = None,
+    force_layout: ForceOpt = False,
     every: EveryOpt = 1,
     max_checkpoints: MaxOpt = None,
     steps: StepsOpt = None,
@@ -483,7 +487,8 @@ def qkv(
     _check_choice(mode, "--mode", _modes())
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
-    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
+    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
+                  "force_layout": force_layout}
 
     def plan_for(inv):
         architecture = detect_architecture(inv, arch, head_flags)
@@ -522,6 +527,7 @@ def report(
     num_heads: HeadsOpt = None,
     num_kv_heads: KvHeadsOpt = None,
     head_dim: HeadDimOpt = None,
+    force_layout: ForceOpt = False,
     every: EveryOpt = 1,
     max_checkpoints: MaxOpt = None,
     steps: StepsOpt = None,
@@ -560,7 +566,8 @@ def report(
     """
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
-    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim}
+    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
+                  "force_layout": force_layout}
     _check_lr(lr, lr_file)
     options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
     probe = None

@@ -96,15 +96,25 @@ def resolve_heads(family: Family, config: dict | None, model_args: dict | None, 
                   d_in: int | None) -> HeadCounts | None:
     """Head counts from flags, then config.json (the family's keys), then nanoGPT's model_args."""
 
-    def lookup(kind: str):
-        if flags.get(kind) is not None:
-            return flags[kind], f"--{kind.replace('_', '-')}"
+    def from_config(kind: str):
         for key in family.head_keys.get(kind, ()):
             value = config or {}
             for part in key.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
             if isinstance(value, int) and not isinstance(value, bool):
                 return _positive(value, f"{key} in config.json"), f"{key} in config.json"
+        return None, None
+
+    def lookup(kind: str):
+        flag = f"--{kind.replace('_', '-')}"
+        saved, where = from_config(kind)
+        if flags.get(kind) is not None:
+            if saved is not None and saved != flags[kind] and not flags.get("force_layout"):
+                raise UsageError(f"{flag} {flags[kind]} contradicts {where}, which says {saved}",
+                                 f"drop {flag}, or add --force-layout if config.json is wrong")
+            return flags[kind], flag
+        if saved is not None:
+            return saved, where
         if kind == "num_heads" and model_args and isinstance(model_args.get("n_head"), int):
             return _positive(model_args["n_head"], "n_head in model_args"), "n_head in model_args"
         return None, None
