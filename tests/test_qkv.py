@@ -228,3 +228,22 @@ def test_nanogpt_without_model_args_splits_its_thirds_and_asks_heads_only_per_he
             assert a[part]["n_params"] == b[part]["n_params"] == 16 * 16 + 16
     result = run(["qkv", tmp_path / "run", "--per-head"])
     assert result.exit_code == 1 and "--num-heads" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["bart", "t5", "persimmon", "gpt_bigcode_mha"])
+def test_per_head_omega_of_the_new_families_equals_an_explicit_computation(tmp_path, name):
+    saved, views = write_trajectory(name, tmp_path / "run")
+    doc = run_json(["qkv", tmp_path / "run", "--mode", "displacement", "--per-head"])
+    for entry in doc["layers"]:
+        key = (entry["block"], entry["layer"]) if entry["block"] else entry["layer"]
+        for part in "qkv":
+            heads = sorted({h for t, axis, a, b, p, h, layer, param in views if layer == key and p == part})
+            assert len(entry["heads"][part]) == len(heads), (name, key, part)
+            for h in heads:
+                x = np.stack([torch.cat([_slice(state[t], axis, a, b).to(torch.float64).reshape(-1)
+                                         for t, axis, a, b, p, hh, layer, param in views
+                                         if layer == key and p == part and hh == h]).numpy() for state in saved])
+                d = x[1:] - x[0]
+                cos = (d @ d.T) / np.outer(np.linalg.norm(d, axis=1), np.linalg.norm(d, axis=1))
+                omega = cos[~np.eye(len(cos), dtype=bool)].mean()
+                assert entry["heads"][part][h] == pytest.approx(omega, abs=1e-9), (name, key, part, h)
