@@ -149,6 +149,11 @@ def test_glass_exponent_is_four_for_a_smooth_network_and_lower_for_relu(tmp_path
                                    rtol=1e-12)
         slope = np.polyfit(np.log(sigmas), np.log(g["mean_sq_jump"]), 1)[0]
         assert g["exponent"] == pytest.approx(slope, rel=1e-12)
+        assert len(g["mean_sq_jump_stderr"]) == len(sigmas) and len(g["hessian_diag_stderr"]) == len(sigmas)
+        if activation == "tanh":  # smooth: p = 4 between every pair of neighbouring σ, within its errors
+            assert g["exponent_holds"] is True
+            for slope_k, err_k in zip(g["local_exponents"], g["local_exponent_errors"]):
+                assert abs(slope_k - 4.0) <= 3 * err_k + 0.15, (g["local_exponents"], g["local_exponent_errors"])
     assert all(p == pytest.approx(4.0, abs=0.15) for p in exponents["tanh"].values()), exponents
     assert exponents["relu"]["model"] < 2.0, exponents  # gradient jumps at the ReLU kinks dominate
     assert exponents["relu"]["block.0"] < 2.0, exponents
@@ -367,3 +372,54 @@ def test_hessian_diag_is_the_mean_of_absolute_values_as_documented(tmp_path):
                     f"{tmp_path / 'saddle.py'}:build", "--top-k", "1", "--glass-samples", "16"])
     model = next(g for g in doc["points"][0]["glass"] if g["name"] == "model")
     np.testing.assert_allclose(model["hessian_diag"], 1.0, rtol=1e-9)
+
+
+def _two_parameter_run(tmp_path, loss_expr: str, w, data_x):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "probe.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    m = torch.nn.Module()\n"
+        "    m.w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))\n"
+        f"    return m, lambda m, b: {loss_expr}\n")
+    _save(tmp_path / "run" / "step0", {"w": torch.tensor(w, dtype=torch.float64)}, {})
+    np.savez(tmp_path / "data.npz", x=np.asarray(data_x, dtype=np.float64))
+    return ["curvature", tmp_path / "run", "--data", tmp_path / "data.npz", "--model", f"{tmp_path / 'probe.py'}:build",
+            "--top-k", "1"]
+
+
+def test_expected_loss_curvature_equals_the_trace_for_a_smooth_loss_and_not_at_a_kink(tmp_path):
+    """Least squares: L(θ ± σz) − L(θ) is exactly quadratic, so each sample is zᵀHz and their mean is tr H
+    within its standard error. ReLU at a point 1e-7 from its kink: tr H = 0 there, but a step of
+    σ ≫ 1e-7 crosses the kink, and the expected loss curvature is far above 0 (beyond its error)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 3, generator=gen, dtype=torch.float64)
+    run_dir, data = _least_squares_run(tmp_path / "ls", x, x.sum(1), [(torch.tensor([0.2, -0.1, 0.4]),
+                                                                       torch.tensor([0.3]))])
+    doc = run_json(["curvature", run_dir, "--data", data, "--model", "curvature_models:least_squares",
+                    "--batch-size", "10", "--glass-samples", "32", "--top-k", "1"])
+    point = doc["points"][0]
+    trace = point["trace"]["value"]
+    for entry in point["loss_curvature"]:
+        assert entry["stderr"] > 0
+        assert abs(entry["value"] - trace) <= 3 * entry["stderr"] + 1e-4 * abs(trace), (entry, trace)
+
+    args = _two_parameter_run(tmp_path / "relu", "torch.relu(b['x'] @ m.w).mean()", [1e-7, 0.0], [[1.0, 0.5]])
+    doc = run_json([*args, "--glass-samples", "16", "--sigmas", "1e-4,1e-3"])
+    point = doc["points"][0]
+    assert point["trace"]["value"] == 0.0
+    for entry in point["loss_curvature"]:
+        assert entry["value"] - 0.0 > 3 * entry["stderr"] and entry["value"] > 100, entry
+
+
+def test_a_kink_onset_inside_the_sigma_grid_is_said_not_fitted_away(tmp_path):
+    """tanh in w₀ (smooth: E[d²] ∝ σ⁴) plus a ReLU in w₁ whose kink is 1e-4 away: below 1e-4 the local
+    exponent is 4, above it the gradient jump dominates; one p over the grid would describe neither."""
+    args = _two_parameter_run(tmp_path, "torch.tanh(m.w[0] + 0 * b['x'].sum()) + torch.relu(m.w[1] - 1e-4)",
+                              [0.7, 0.0], [[0.0]])
+    result = run([*args, "--glass-samples", "4", "--sigmas", "1e-6,1e-5,3e-4,1e-3"])
+    assert result.exit_code == 0, result.stderr
+    assert "glass: the local exponents of E[d²] between neighbouring σ disagree beyond their errors" in result.stderr
+    smooth = run([*_two_parameter_run(tmp_path / "smooth", "torch.tanh(m.w[0] + 0 * b['x'].sum()) + m.w[1] ** 2",
+                                      [0.7, 0.0], [[0.0]]), "--glass-samples", "4", "--sigmas", "1e-6,1e-5,3e-4,1e-3"])
+    assert smooth.exit_code == 0 and "disagree beyond their errors" not in smooth.stderr

@@ -511,7 +511,9 @@ def curvature_result(inv: Inventory, measured: dict, data: dict, settings: dict,
         points.append({"checkpoint": ckpt.name, "step": step, "loss": p["loss"], "grad_norm": p["grad_norm"],
                        "eigenvalues": eig["eigenvalues"],
                        "lanczos": {k: eig[k] for k in ("iterations", "residuals", "converged", "exhausted")},
-                       "trace": p["trace"], "direction": p["direction"], "glass": p["glass"]})
+                       "trace": p["trace"], "direction": p["direction"], "glass": p["glass"],
+                       "loss_curvature": p["loss_curvature"]})
+    warnings += _glass_warnings(points)
     if data["batch_size"] < data["batch_size_requested"]:
         warnings.append(f"--data holds {data['rows_available']} rows, fewer than --batch-size "
                         f"{data['batch_size_requested']}: the batch uses all of them")
@@ -524,6 +526,32 @@ def curvature_result(inv: Inventory, measured: dict, data: dict, settings: dict,
         warnings.append("no learning rate found (trainer_state.json, optimizer state): the 2/η line is left out — "
                         "pass --lr VALUE or --lr-file CSV")
     return doc, warnings
+
+
+def _glass_warnings(points: list[dict]) -> list[str]:
+    """Where the glass numbers cannot be read as documented: local exponents that disagree beyond
+    their errors (a kink onset inside the σ grid: one p does not describe it), and standard errors
+    as large as half the value (too few --glass-samples)."""
+    said = []
+    broken = [(p["checkpoint"], g) for p in points for g in p["glass"] if g["exponent_holds"] is False]
+    if broken:
+        name, g = broken[0]
+        slopes = ", ".join("—" if v is None else f"{v:.2g}" for v in g["local_exponents"])
+        said.append(f"glass: the local exponents of E[d²] between neighbouring σ disagree beyond their errors in "
+                    f"{len(broken)} group(s) × checkpoint(s), e.g. {g['name']} at {name} ({slopes}): a kink onset "
+                    "inside the σ grid? One exponent p does not describe it (see local_exponents)")
+    noisy = []
+    for p in points:
+        g = p["glass"][0]  # the whole model
+        for value, err in zip(g["mean_sq_jump"], g["mean_sq_jump_stderr"] or []):
+            if value and err is not None and err > 0.5 * value:
+                noisy.append((p["checkpoint"], err / value))
+    if noisy:
+        worst = max(r for _, r in noisy)
+        said.append(f"glass: at {len(noisy)} checkpoint × σ the standard error of E[d²] is over half its value "
+                    f"(up to {worst:.2g}×): raise --glass-samples about {max(2, round((worst / 0.1) ** 2))}-fold for "
+                    "10 % errors")
+    return said
 
 
 def curvature_headline(doc: dict) -> dict:

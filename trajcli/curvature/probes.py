@@ -161,35 +161,60 @@ def hessian_trace(hvp: Callable, n: int, samples: int, gen: torch.Generator, lik
 
 @dataclass
 class GlassSums:
-    """Per group (rows) and σ (columns): sums over the group's coordinates of E[d²] and of E|ĥ|, where
+    """Per group (rows: the whole model, then each group) and σ (columns): sums over the group's
+    coordinates of E[d²] and of E|ĥ|, where
     d = (g⁺ + g⁻)/2 − g⁰ and ĥ = z ⊙ (g⁺ − g⁻)/(2σ), expectations as means over the samples (the
     absolute value taken per sample: E|ĥ|, not |E ĥ|, which would shrink as samples are added)."""
 
     d2: np.ndarray  # (n_groups, n_sigmas), mean over samples of Σ d²
     h_abs: np.ndarray  # (n_groups, n_sigmas), mean over samples of Σ |ĥ|
     samples: int
+    d2_stderr: np.ndarray | None = None  # standard errors of those means over the samples
+    h_abs_stderr: np.ndarray | None = None
+    # (n_sigmas,): the expected loss curvature E[L(θ+σz) + L(θ−σz) − 2L(θ)]/σ² and its standard error
+    loss_curvature: np.ndarray | None = None
+    loss_curvature_stderr: np.ndarray | None = None
+
+
+def _mean_and_stderr(per_sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over the first axis, and its standard error (NaN from a single sample: unknown)."""
+    n = per_sample.shape[0]
+    mean = per_sample.mean(axis=0)
+    if n < 2:
+        return mean, np.full(mean.shape, np.nan)
+    return mean, per_sample.std(axis=0, ddof=1) / np.sqrt(n)
 
 
 def glass(objective: Objective, theta: torch.Tensor, g0: torch.Tensor, sigmas: list[float], samples: int,
-          group_of: torch.Tensor, n_groups: int, gen: torch.Generator) -> GlassSums:
-    """Gradients at θ ± σz on the same batch, for Rademacher z (the same z for every σ of a sample).
-    `group_of` gives each coordinate's group index. θ is restored exactly afterwards."""
-    d2 = np.zeros((n_groups, len(sigmas)))
-    h_abs = np.zeros((n_groups, len(sigmas)))
+          group_of: torch.Tensor, n_groups: int, gen: torch.Generator, loss0: float | None = None) -> GlassSums:
+    """Gradients (and losses) at θ ± σz on the same batch, for Rademacher z (the same z for every σ of
+    a sample). `group_of` gives each coordinate's group index; `loss0` is L(θ), for the expected loss
+    curvature. Every quantity is a mean over the samples with its standard error. θ is restored
+    exactly afterwards."""
+    d2 = np.zeros((samples, n_groups, len(sigmas)))
+    h_abs = np.zeros((samples, n_groups, len(sigmas)))
+    curvature = np.zeros((samples, len(sigmas)))
     try:
-        for _ in range(samples):
+        for s in range(samples):
             z = rademacher(theta.numel(), gen, theta)
             for j, sigma in enumerate(sigmas):
                 objective.set(theta + sigma * z)
-                _, g_plus = objective.gradient()
+                loss_plus, g_plus = objective.gradient()
                 objective.set(theta - sigma * z)
-                _, g_minus = objective.gradient()
+                loss_minus, g_minus = objective.gradient()
                 d = (g_plus + g_minus) / 2 - g0
-                d2[:, j] += _group_sums(d * d, group_of, n_groups) / samples
-                h_abs[:, j] += _group_sums((z * (g_plus - g_minus) / (2 * sigma)).abs(), group_of, n_groups) / samples
+                d2[s, :, j] = _group_sums(d * d, group_of, n_groups)
+                h_abs[s, :, j] = _group_sums((z * (g_plus - g_minus) / (2 * sigma)).abs(), group_of, n_groups)
+                if loss0 is not None:
+                    curvature[s, j] = (loss_plus + loss_minus - 2 * loss0) / sigma ** 2
     finally:
         objective.set(theta)
-    return GlassSums(d2, h_abs, samples)
+    # the whole model first: its per-sample sums, so that its standard errors are its own
+    d2 = np.concatenate([d2.sum(axis=1, keepdims=True), d2], axis=1)
+    h_abs = np.concatenate([h_abs.sum(axis=1, keepdims=True), h_abs], axis=1)
+    (d2_mean, d2_se), (h_mean, h_se) = _mean_and_stderr(d2), _mean_and_stderr(h_abs)
+    c_mean, c_se = _mean_and_stderr(curvature) if loss0 is not None else (None, None)
+    return GlassSums(d2_mean, h_mean, samples, d2_se, h_se, c_mean, c_se)
 
 
 def _group_sums(values: torch.Tensor, group_of: torch.Tensor, n_groups: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from trajcli.curvature.model import ProbeModel
 from trajcli.curvature.probes import Objective, along_direction, glass, hessian_trace, lanczos
 from trajcli.errors import DataError
 from trajcli.io.inventory import Inventory, TensorSpec
-from trajcli.metrics.curvature import glass_groups
+from trajcli.metrics.curvature import finite_or_none, glass_groups
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -110,12 +110,14 @@ def measure_curvature(inv: Inventory, probe: ProbeModel, batch: Batch, settings:
             trace = hessian_trace(hvp, objective.n, settings.trace_samples, gen, theta)
             direction = None if last else along_direction(objective, hvp, theta, loss, theta_next - theta,
                                                           list(settings.step_fractions))
-        sums = glass(objective, theta, g0, list(settings.sigmas), settings.glass_samples, group_of, len(names), gen)
-        glass_doc = glass_groups(["model"] + names, [objective.n] + sizes,
-                                 np.vstack([sums.d2.sum(axis=0), sums.d2]), np.vstack([sums.h_abs.sum(axis=0), sums.h_abs]),
-                                 list(settings.sigmas))
+        sums = glass(objective, theta, g0, list(settings.sigmas), settings.glass_samples, group_of, len(names), gen,
+                     loss0=loss)
+        glass_doc = glass_groups(["model"] + names, [objective.n] + sizes, sums.d2, sums.h_abs, list(settings.sigmas),
+                                 sums.d2_stderr, sums.h_abs_stderr)
+        curvature = [{"sigma": s, "value": finite_or_none(v), "stderr": finite_or_none(e)}
+                     for s, v, e in zip(settings.sigmas, sums.loss_curvature, sums.loss_curvature_stderr)]
         points.append({"loss": loss, "grad_norm": float(torch.linalg.vector_norm(g0)), "lanczos": eig,
-                       "trace": trace, "direction": direction, "glass": glass_doc})
+                       "trace": trace, "direction": direction, "glass": glass_doc, "loss_curvature": curvature})
         if on_checkpoint is not None:
             on_checkpoint(k)
     return {"model": {"source": probe.source, "n_params": objective.n, "n_tensors": len(probe.names)},

@@ -15,10 +15,43 @@ def power_law_exponent(sigmas: list[float], values: np.ndarray) -> float | None:
     return float(np.polyfit(np.log(sigmas), np.log(values), 1)[0])
 
 
-def glass_groups(names: list[str], n_params: list[int], d2: np.ndarray, h_abs: np.ndarray, sigmas: list[float]) -> list[dict]:
+EXPONENT_SLACK = 0.5  # exponent units; a smooth loss gives 4 + O(σ²) everywhere, a kink onset drops it to ~1
+
+
+def local_exponents(sigmas: list[float], values: np.ndarray, stderrs: np.ndarray | None) -> tuple[list, list, bool | None]:
+    """The slope of log values on log σ between neighbouring σ, each with its error (propagated from
+    the values' standard errors), and whether they agree within their errors (|a − b| ≤ 3·√(ea² + eb²)
+    + EXPONENT_SLACK for every pair: the slack absorbs the higher-order terms of a smooth loss, far
+    below the change of about 3 at a kink onset): a power law holds over the grid. None where a value
+    is ≤ 0 or an error unknown."""
+    slopes: list = []
+    errors: list = []
+    for i in range(len(sigmas) - 1):
+        a, b = values[i], values[i + 1]
+        if not (np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0):
+            slopes.append(None)
+            errors.append(None)
+            continue
+        span = np.log(sigmas[i + 1] / sigmas[i])
+        slopes.append(float(np.log(b / a) / span))
+        if stderrs is None or not (np.isfinite(stderrs[i]) and np.isfinite(stderrs[i + 1])):
+            errors.append(None)
+        else:
+            errors.append(float(np.hypot(stderrs[i] / a, stderrs[i + 1] / b) / span))
+    if any(v is None for v in slopes + errors) or len(slopes) < 2:
+        return slopes, errors, None
+    agree = all(abs(slopes[i] - slopes[j]) <= 3 * np.hypot(errors[i], errors[j]) + EXPONENT_SLACK
+                for i in range(len(slopes)) for j in range(i + 1, len(slopes)))
+    return slopes, errors, agree
+
+
+def glass_groups(names: list[str], n_params: list[int], d2: np.ndarray, h_abs: np.ndarray, sigmas: list[float],
+                 d2_stderr: np.ndarray | None = None, h_abs_stderr: np.ndarray | None = None) -> list[dict]:
     """Per group, at each σ (means over the group's coordinates, d = (g⁺ + g⁻)/2 − g⁰):
     mean_sq_jump E[d²]; glass_density 2E[d²]/σ; hessian_diag E|ĥ| with ĥ = z ⊙ (g⁺ − g⁻)/(2σ);
-    glass_to_hessian = glass_density / hessian_diag; and the exponent p of E[d²] ∝ σ^p."""
+    glass_to_hessian = glass_density / hessian_diag, each with its Monte-Carlo standard error where
+    the sample count allows; the exponent p of E[d²] ∝ σ^p (least squares over the grid), the local
+    exponents between neighbouring σ with their errors, and whether one p describes the grid."""
     s = np.asarray(sigmas, dtype=float)
     out = []
     for i, name in enumerate(names):
@@ -26,12 +59,22 @@ def glass_groups(names: list[str], n_params: list[int], d2: np.ndarray, h_abs: n
         mean_sq = d2[i] / n
         density = 2 * mean_sq / s
         hess = h_abs[i] / n
+        mean_sq_se = d2_stderr[i] / n if d2_stderr is not None else None
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(hess > 0, density / hess, np.nan)
+        slopes, slope_errors, agree = local_exponents(sigmas, mean_sq, mean_sq_se)
         out.append({"name": name, "n_params": n, "mean_sq_jump": _floats(mean_sq), "glass_density": _floats(density),
                     "hessian_diag": _floats(hess), "glass_to_hessian": _floats(ratio),
-                    "exponent": power_law_exponent(sigmas, mean_sq)})
+                    "mean_sq_jump_stderr": _floats(mean_sq_se) if mean_sq_se is not None else None,
+                    "glass_density_stderr": _floats(2 * mean_sq_se / s) if mean_sq_se is not None else None,
+                    "hessian_diag_stderr": _floats(h_abs_stderr[i] / n) if h_abs_stderr is not None else None,
+                    "exponent": power_law_exponent(sigmas, mean_sq),
+                    "local_exponents": slopes, "local_exponent_errors": slope_errors, "exponent_holds": agree})
     return out
+
+
+def finite_or_none(value) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def _floats(values) -> list[float | None]:

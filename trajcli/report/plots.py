@@ -444,16 +444,26 @@ def sharpness(path: Path, doc: dict, fmt: str = "png") -> None:
 
 
 def hessian_trace(path: Path, doc: dict, fmt: str = "png") -> None:
-    """The Hessian trace (± its standard error) and the curvature along the run's next step (uᵀHu and
-    the finite differences at each step fraction) against step."""
+    """The Hessian trace (± its standard error) against the expected loss curvature
+    E[L(θ+σz) + L(θ−σz) − 2L(θ)]/σ² at each σ (± its Monte-Carlo error: equal for a smooth loss, apart
+    near kinks), and the curvature along the run's next step (uᵀHu and the finite differences at each
+    step fraction) against step."""
     plt = _pyplot()
     steps = doc["steps"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=DPI)
     trace = [p["trace"]["value"] for p in doc["points"]]
     err = [p["trace"]["stderr"] or 0.0 for p in doc["points"]]
-    axes[0].errorbar(steps, trace, yerr=err, marker="o", ms=3, capsize=2)
-    axes[0].set_ylabel("tr H")
-    axes[0].set_title(f"Hessian trace ({doc['points'][0]['trace']['method']})", fontsize=10)
+    axes[0].errorbar(steps, trace, yerr=err, color="k", lw=2, marker="o", ms=3, capsize=2, label="tr H")
+    for j, sigma in enumerate(doc["settings"]["sigmas"]):
+        values = [p.get("loss_curvature", [{}] * (j + 1))[j].get("value") for p in doc["points"]]
+        errors = [p.get("loss_curvature", [{}] * (j + 1))[j].get("stderr") or 0.0 for p in doc["points"]]
+        if any(v is not None for v in values):
+            axes[0].errorbar(steps, [np.nan if v is None else v for v in values], yerr=errors, ls="--", marker=".",
+                             capsize=2, label=f"E[ΔL]/σ², σ = {sigma:g}")
+    _legend(axes[0], fontsize=7)
+    axes[0].set_ylabel("tr H, and the expected loss curvature")
+    axes[0].set_title(f"Hessian trace ({doc['points'][0]['trace']['method']}) against E[L(θ±σz)] − L(θ)",
+                      fontsize=10)
     with_dir = [(s, p["direction"]) for s, p in zip(steps, doc["points"]) if p["direction"]]
     if with_dir:
         xs = [s for s, _ in with_dir]
