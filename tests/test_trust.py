@@ -178,7 +178,7 @@ def test_absurd_head_counts_are_checked_against_the_shape_before_any_range_is_bu
         raise AssertionError("ranges built before the shape was checked")
 
     monkeypatch.setattr(layouts, "fused_ranges", never)
-    _one_error(run(["qkv", tmp_path / "run", "--num-heads", "10000000", "--head-dim", "16"]), 1,
+    _one_error(run(["qkv", tmp_path / "run", "--num-heads", "10000000", "--head-dim", "16", "--force-layout"]), 1,
                "H=10000000", "expects 3·H·hd = 480000000 along axis 0")
     config = json.loads((tmp_path / "run" / "step0" / "config.json").read_text())
     for k in range(3):
