@@ -102,7 +102,7 @@ def test_lanczos_and_hutchinson_on_a_large_quadratic(tmp_path):
     run_dir, data = _least_squares_run(tmp_path, x, y, thetas)
     doc = run_json(["curvature", run_dir, "--data", data, "--model", "curvature_models:least_squares",
                     "--batch-size", str(n), "--top-k", "3", "--tol", "1e-9", "--lanczos-iters", "60",
-                    "--trace-samples", "8"])
+                    "--trace-samples", "8", "--exact-trace-max", "0"])
     p = doc["points"][0]
     assert p["lanczos"]["converged"] and not p["lanczos"]["exhausted"] and p["lanczos"]["iterations"] < 60
     np.testing.assert_allclose(p["eigenvalues"], [10.0, 8.0, 6.5], rtol=1e-4)
@@ -193,7 +193,8 @@ def _dense_hessian(model, tokens):
 def test_hugging_face_model_from_config_matches_a_dense_hessian(tmp_path):
     transformers, run_dir, tokens_file = _gpt2_run(tmp_path)
     doc = run_json(["curvature", run_dir, "--data", tokens_file, "--batch-size", "5", "--seed", "3",
-                    "--top-k", "2", "--tol", "1e-10", "--lanczos-iters", "400", "--trace-samples", "64"])
+                    "--top-k", "2", "--tol", "1e-10", "--lanczos-iters", "400", "--trace-samples", "64",
+                    "--exact-trace-max", "0"])
     assert doc["model"]["source"].startswith("transformers GPT2LMHeadModel")
     tokens = torch.from_numpy(np.load(tokens_file))
     rows = np.sort(np.random.default_rng(3).choice(12, size=5, replace=False))
@@ -231,9 +232,13 @@ def test_text_data_is_tokenized_with_the_checkpoints_tokenizer(tmp_path):
     expected = torch.tensor([(3 * i) % 16 for i in range(40)]).view(5, 8)
     assert batch.description["kind"] == "text" and batch.description["batch_size"] == 5
     assert torch.equal(batch.data, expected)
-    result = run(["curvature", run_dir, "--data", tmp_path / "text.txt", "--seq-len", "8", "--json"])
+    result = run(["curvature", run_dir, "--data", tmp_path / "text.txt", "--seq-len", "8", "--json", "--batch-size", "8"])
     assert result.exit_code == 0, result.stderr
     assert "fewer than --batch-size 8" in result.stderr
+    whole = run(["curvature", run_dir, "--data", tmp_path / "text.txt", "--seq-len", "8", "--json"])
+    assert json.loads(whole.stdout)["data"]["batch_size"] == 5 and "rows of text.txt" not in whole.stderr
+    part = run(["curvature", run_dir, "--data", tmp_path / "text.txt", "--seq-len", "8", "--json", "--batch-size", "2"])
+    assert "the curvature is that of 2 of the 5 rows of text.txt" in part.stderr
     assert json.loads(result.stdout)["data"]["kind"] == "text"
 
 
@@ -423,3 +428,22 @@ def test_a_kink_onset_inside_the_sigma_grid_is_said_not_fitted_away(tmp_path):
     smooth = run([*_two_parameter_run(tmp_path / "smooth", "torch.tanh(m.w[0] + 0 * b['x'].sum()) + m.w[1] ** 2",
                                       [0.7, 0.0], [[0.0]]), "--glass-samples", "4", "--sigmas", "1e-6,1e-5,3e-4,1e-3"])
     assert smooth.exit_code == 0 and "disagree beyond their errors" not in smooth.stderr
+
+
+def test_hutchinson_draws_fresh_probes_at_each_checkpoint_and_is_exact_below_the_threshold(tmp_path):
+    """Two checkpoints with the same weights: the glass directions are the same (its comparison along
+    the run is the point), the trace's probes are not (shared probes would make their error a trend)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(60, 30, generator=gen, dtype=torch.float64)
+    w = torch.randn(30, generator=gen, dtype=torch.float64)
+    run_dir, data = _least_squares_run(tmp_path, x, x @ w, [(w.float().double(), torch.zeros(1, dtype=torch.float64))] * 2)
+    common = ["curvature", run_dir, "--data", data, "--model", "curvature_models:least_squares", "--top-k", "1",
+              "--trace-samples", "4"]
+    doc = run_json([*common, "--exact-trace-max", "0"])
+    first, second = doc["points"]
+    assert first["trace"]["method"] == second["trace"]["method"] == "hutchinson"
+    assert first["trace"]["value"] != second["trace"]["value"]
+    assert first["glass"][0]["hessian_diag"] == second["glass"][0]["hessian_diag"]
+    exact = run_json(common)["points"][0]["trace"]  # 31 parameters: below the default threshold of 2048
+    a = torch.cat([x, torch.ones(60, 1, dtype=torch.float64)], dim=1).numpy()
+    assert exact["method"] == "exact" and exact["value"] == pytest.approx(np.trace(2 * a.T @ a / 60), rel=1e-12)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -514,9 +515,14 @@ def curvature_result(inv: Inventory, measured: dict, data: dict, settings: dict,
                        "trace": p["trace"], "direction": p["direction"], "glass": p["glass"],
                        "loss_curvature": p["loss_curvature"]})
     warnings += _glass_warnings(points)
-    if data["batch_size"] < data["batch_size_requested"]:
+    requested = data["batch_size_requested"]
+    if requested is not None and data["batch_size"] < requested:
         warnings.append(f"--data holds {data['rows_available']} rows, fewer than --batch-size "
-                        f"{data['batch_size_requested']}: the batch uses all of them")
+                        f"{requested}: the batch uses all of them")
+    if data["batch_size"] < data["rows_available"]:
+        warnings.append(f"the curvature is that of {data['batch_size']} of the {data['rows_available']} rows of "
+                        f"{Path(data['file']).name}: the sharpness of a small batch varies from batch to batch and is "
+                        f"not that of the training loss (--batch-size {data['rows_available']} measures the whole file)")
     doc = {"schema": CURVATURE_SCHEMA, "trajcli_version": __version__, "checkpoints": checkpoints_json(inv),
            "steps": steps, "model": measured["model"], "data": data, "settings": settings,
            "lr": lr, "lr_source": lr_source, "momentum": momentum, "momentum_source": momentum_source,

@@ -143,7 +143,7 @@ SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Run th
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Run the pass on a local Dask cluster of N worker processes.")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Token ids (.npy/.pt), a text file (tokenized with the checkpoints' tokenizer), or arrays (.npz/.pt) for a --model loss.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="MODULE:FUNCTION (or FILE.py:FUNCTION) returning (nn.Module, loss_fn(module, batch)) [default: the causal LM of config.json, pip install 'trajcli[models]'].")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Rows (sequences) in the one fixed batch used at every checkpoint.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Rows (sequences) in the one fixed batch used at every checkpoint [default: every row of --data, at most 256].")]
 SeqLenOpt = Annotated[Optional[int], typer.Option("--seq-len", min=2, help="Tokens per sequence [default: 128, at most the model's context].")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the batch rows and of every random direction.")]
 TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="How many of the largest Hessian eigenvalues.")]
@@ -543,7 +543,7 @@ def report(
     recompute: RecomputeOpt = False,
     data: DataOpt = None,
     model: ModelOpt = None,
-    batch_size: BatchSizeOpt = 8,
+    batch_size: BatchSizeOpt = None,
     seq_len: SeqLenOpt = None,
     seed: SeedOpt = 0,
     top_k: TopKOpt = 3,
@@ -587,7 +587,7 @@ class CurvatureRequest:
 
     data: Path
     model: str | None
-    batch_size: int
+    batch_size: int | None  # None: every row of the data file (at most 256)
     seq_len: int | None
     settings: object  # trajcli.curvature.run.CurvatureSettings (imported lazily)
     momentum: float | None = None
@@ -748,13 +748,14 @@ def curvature(
     paths: PathsArg,
     data: DataOpt,  # required here (no default); optional on `report`
     model: ModelOpt = None,
-    batch_size: BatchSizeOpt = 8,
+    batch_size: BatchSizeOpt = None,
     seq_len: SeqLenOpt = None,
     seed: SeedOpt = 0,
     top_k: TopKOpt = 3,
     lanczos_iters: Annotated[int, typer.Option("--lanczos-iters", min=1, help="Most Hessian-vector products per checkpoint for the eigenvalues (memory: this many model-sized vectors).")] = 40,
     tol: Annotated[float, typer.Option("--tol", min=0.0, help="Lanczos stops when every top-k residual ‖Hy − λy‖ is below tol·|λ_max|.")] = 1e-3,
-    trace_samples: Annotated[int, typer.Option("--trace-samples", min=1, help="Rademacher vectors for Hutchinson's trace (exact when the model has no more parameters).")] = 16,
+    trace_samples: Annotated[int, typer.Option("--trace-samples", min=1, help="Rademacher vectors for Hutchinson's trace, fresh at each checkpoint.")] = 16,
+    exact_trace_max: Annotated[int, typer.Option("--exact-trace-max", min=0, help="The trace is exact (one Hessian-vector product per parameter) for models of at most this many parameters.")] = 2048,
     glass_samples: Annotated[int, typer.Option("--glass-samples", min=1, help="Rademacher directions z for the glass diagnostics.")] = 2,
     sigmas: Annotated[str, typer.Option("--sigmas", help="Comma-separated perturbation sizes σ for the glass (absolute, in parameter units).")] = "1e-5,3e-5,1e-4,3e-4,1e-3",
     step_fractions: Annotated[str, typer.Option("--step-fractions", help="Comma-separated h/‖θ_k+1 − θ_k‖ for the finite-difference curvature along the step.")] = "0.01,0.1,1",
@@ -789,7 +790,7 @@ def curvature(
     _check_lr(lr, lr_file)
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     settings = _curvature_settings(top_k=top_k, lanczos_iters=lanczos_iters, tol=tol, trace_samples=trace_samples,
-                                   glass_samples=glass_samples, sigmas=_positive_floats(sigmas, "--sigmas", 2),
+                                   exact_trace_max=exact_trace_max, glass_samples=glass_samples, sigmas=_positive_floats(sigmas, "--sigmas", 2),
                                    step_fractions=_positive_floats(step_fractions, "--step-fractions", 1),
                                    seed=seed, dtype=dtype, device=device)
     selection = _selection(every, max_checkpoints, steps, None, None, "error")
@@ -898,8 +899,8 @@ def demo(
     if curvature:
         write_demo_tokens(folder / DEMO_TOKENS)
         if not quiet:
-            typer.echo(f"measuring the curvature on 8 sequences of {folder / DEMO_TOKENS}", err=True)
-        request = CurvatureRequest(folder / DEMO_TOKENS, "trajcli.demo:curvature_model", 8, None,
+            typer.echo(f"measuring the curvature on the 8 sequences of {folder / DEMO_TOKENS}", err=True)
+        request = CurvatureRequest(folder / DEMO_TOKENS, "trajcli.demo:curvature_model", None, None,
                                    _curvature_settings(dtype="float64", device="cpu"))
     _run_report([str(checkpoints)], folder / "report", Selection(), PassOptions(memory_budget, quiet=quiet),
                 curvature=request)

@@ -152,7 +152,7 @@ def _batches(probs: torch.Tensor, batch: int, seq: int, gen: torch.Generator):
 DEMO_TOKENS = "tokens.npy"
 
 
-def write_demo_tokens(path: Path, n_seq: int = 64, seed: int = 0) -> None:
+def write_demo_tokens(path: Path, n_seq: int = 8, seed: int = 0) -> None:
     """Held-out sequences of the demo's Markov chain (for `trajcli curvature --data`): (n_seq, 33) int64."""
     import numpy as np
 

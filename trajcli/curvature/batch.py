@@ -86,9 +86,13 @@ def _rows_of(value, path: Path) -> int:
     return counts.pop()
 
 
-def load_batch(path: Path, batch_size: int, seed: int, seq_len: int | None = None,
+DEFAULT_MAX_ROWS = 256  # without --batch-size: every row of --data, at most this many
+
+
+def load_batch(path: Path, batch_size: int | None, seed: int, seq_len: int | None = None,
                tokenizer_dirs: list[Path] = (), vocab_size: int | None = None, max_positions: int | None = None) -> Batch:
-    """Draw `batch_size` rows (sequences) with `seed`; fewer rows than that means all of them."""
+    """Draw `batch_size` rows (sequences) with `seed` (None: every row, at most DEFAULT_MAX_ROWS);
+    fewer rows than that means all of them."""
     value = _read_arrays(path)
     kind = "arrays"
     if value is None:
@@ -112,7 +116,7 @@ def load_batch(path: Path, batch_size: int, seed: int, seq_len: int | None = Non
                             f"has {vocab_size}", "tokenize with the checkpoints' tokenizer")
     n_rows = _rows_of(value, path)
     rng = np.random.default_rng(seed)
-    take = min(batch_size, n_rows)
+    take = min(batch_size if batch_size is not None else DEFAULT_MAX_ROWS, n_rows)
     rows = torch.from_numpy(np.sort(rng.choice(n_rows, size=take, replace=False)))
 
     def pick(t):

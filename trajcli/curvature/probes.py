@@ -138,10 +138,11 @@ def lanczos(hvp: Callable, n: int, start: torch.Tensor, top_k: int, max_iter: in
 
 # ---- trace ----------------------------------------------------------------------------------------
 
-def hessian_trace(hvp: Callable, n: int, samples: int, gen: torch.Generator, like: torch.Tensor) -> dict:
-    """tr H: exact from the n unit vectors when n ≤ samples, else Hutchinson's mean of zᵀHz over
-    Rademacher z, with its standard error."""
-    if n <= samples:
+def hessian_trace(hvp: Callable, n: int, samples: int, gen: torch.Generator, like: torch.Tensor,
+                  exact_max: int = 0) -> dict:
+    """tr H: exact from the n unit vectors when n ≤ max(samples, exact_max) (n Hessian-vector
+    products), else Hutchinson's mean of zᵀHz over Rademacher z, with its standard error."""
+    if n <= max(samples, exact_max):
         total = 0.0
         for i in range(n):
             e = torch.zeros_like(like)

@@ -33,6 +33,7 @@ class CurvatureSettings:
     lanczos_iters: int = 40
     tol: float = 1e-3
     trace_samples: int = 16
+    exact_trace_max: int = 2048  # tr H exactly, from n unit vectors, for models of at most this many parameters
     glass_samples: int = 2
     sigmas: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
     step_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
@@ -42,7 +43,8 @@ class CurvatureSettings:
 
     def to_json(self) -> dict:
         return {"top_k": self.top_k, "lanczos_max_iterations": self.lanczos_iters, "lanczos_tol": self.tol,
-                "trace_samples": self.trace_samples, "glass_samples": self.glass_samples, "sigmas": list(self.sigmas),
+                "trace_samples": self.trace_samples, "exact_trace_max": self.exact_trace_max,
+                "glass_samples": self.glass_samples, "sigmas": list(self.sigmas),
                 "step_fractions": list(self.step_fractions), "seed": self.seed, "dtype": self.dtype,
                 "device": self.device}
 
@@ -107,7 +109,11 @@ def measure_curvature(inv: Inventory, probe: ProbeModel, batch: Batch, settings:
         start = torch.randn(objective.n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
         with objective.hessian() as hvp:
             eig = lanczos(hvp, objective.n, start, settings.top_k, settings.lanczos_iters, settings.tol)
-            trace = hessian_trace(hvp, objective.n, settings.trace_samples, gen, theta)
+            # fresh probes at every checkpoint: the same ones would make their error move together along
+            # the run and look like a trend (the glass keeps its directions: there the comparison is the point)
+            probes = torch.Generator().manual_seed(settings.seed * 1_000_003 + k + 1)
+            trace = hessian_trace(hvp, objective.n, settings.trace_samples, probes, theta,
+                                  exact_max=settings.exact_trace_max)
             direction = None if last else along_direction(objective, hvp, theta, loss, theta_next - theta,
                                                           list(settings.step_fractions))
         sums = glass(objective, theta, g0, list(settings.sigmas), settings.glass_samples, group_of, len(names), gen,
