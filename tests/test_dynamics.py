@@ -178,3 +178,22 @@ def test_scale_invariant_set_and_outputs(tmp_path):
     doc = run_json(["dynamics", tmp_path / "run", "--scale-invariant", r"^fc\."])
     assert doc["scale_invariant"] == ["fc.weight"]
     assert run(["dynamics", tmp_path / "run", "--lr", "1", "--lr-file", tmp_path / "x.csv"]).exit_code == 2
+
+
+@pytest.mark.parametrize("falling", [True, False])
+def test_settled_steps_with_a_loss_still_falling_are_no_equilibrium_yet(tmp_path, falling):
+    """Constant rotation at a constant learning rate reads as equilibrium, unless the run's logged
+    training loss still falls across the window (the theory's equilibrium has the loss plateau)."""
+    steps = [100 * k for k in range(9)]
+    _save_run(tmp_path, _rotation([3.0] * 8), steps)
+    history = [{"step": s, "loss": (2.0 * 0.8 ** k if falling else 1.0), "learning_rate": 0.1}
+               for k, s in enumerate(steps)]
+    for step in steps:
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(
+            json.dumps({"global_step": step, "log_history": history}))
+    regime = _verdicts(tmp_path)["scale_invariant"]
+    if falling:
+        assert regime["verdict"] == "undetermined" and "the training loss still falls" in regime["reason"]
+        assert regime["loss_change_factor"] == pytest.approx(0.8 ** 4, rel=1e-12)  # steps 400 → 800
+    else:
+        assert regime["verdict"] == "equilibrium" and regime["loss_change_factor"] == pytest.approx(1.0)

@@ -449,6 +449,7 @@ def dynamics_result(inv: Inventory, grams: GramSet, lr_points: list, lr_source: 
     """Norms, angular steps and effective learning rates of the whole model, the scale-invariant set,
     each block and each tensor, with a regime verdict per group."""
     from trajcli.arch.grouping import Group, plan_layers
+    from trajcli.io.lr import training_loss_points
     from trajcli.metrics import dynamics as dyn
 
     warnings = []
@@ -457,6 +458,12 @@ def dynamics_result(inv: Inventory, grams: GramSet, lr_points: list, lr_source: 
         warnings.append("some checkpoints have no step; intervals count 1 step each")
         steps = list(range(len(steps)))
     lr = dyn.learning_rate_at(steps, lr_points) if lr_points else None
+    losses = training_loss_points(inv)
+    loss_change = None
+    if len(losses) >= 2 and len(steps) >= 2:  # the training loss across the verdict's window, where logged
+        start = dyn.regime_window(len(steps) - 1)
+        first, last = dyn.learning_rate_at([steps[start], steps[-1]], losses)
+        loss_change = last / first if first and first > 0 else None
     tensors = [t.name for t in inv.tensors]
     groups = [Group("model", "model", None, tensors, sum(t.numel for t in inv.tensors))]
     if scale_invariant:
@@ -471,13 +478,14 @@ def dynamics_result(inv: Inventory, grams: GramSet, lr_points: list, lr_source: 
         basis, bad = grams.group(g.leaves)
         invariant = g.kind == "scale_invariant" or (g.kind == "tensor" and g.name in invariant_tensors)
         out.append({"name": g.name, "kind": g.kind, "layer": g.layer, "n_params": g.n_params,
-                    **dyn.group_dynamics(basis, steps, bad, lr, scale_invariant=invariant)})
+                    **dyn.group_dynamics(basis, steps, bad, lr, scale_invariant=invariant, loss_change=loss_change)})
     doc = {"schema": DYNAMICS_SCHEMA, "trajcli_version": __version__, "checkpoints": checkpoints_json(inv),
            "name_alignment": inv.name_alignment,
            "steps": steps, "lr": lr, "lr_source": lr_source, "scale_invariant": scale_invariant,
            "regime_rule": {"divergence_angle_deg": dyn.DIVERGENCE_ANGLE_DEG,
                            "convergence_factor": dyn.CONVERGENCE_FACTOR, "min_intervals": dyn.MIN_INTERVALS,
                            "quantity": "angle per effective step (lr / |w|^2 x steps) over the later half",
+                           "loss_plateau_factor": dyn.LOSS_PLATEAU_FACTOR,
                            "classified": "scale-invariant groups only"},
            "groups": out}
     if lr is None:

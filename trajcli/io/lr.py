@@ -11,8 +11,8 @@ from trajcli.io.inventory import Inventory
 from trajcli.io.jsonfile import read_json
 
 
-def _trainer_log(inv: Inventory) -> list[tuple[int, float]]:
-    """(step, learning_rate) from every checkpoint's trainer_state.json log_history."""
+def _trainer_log(inv: Inventory, key: str = "learning_rate") -> list[tuple[int, float]]:
+    """(step, value of `key`) from every checkpoint's trainer_state.json log_history."""
     points: dict[int, float] = {}
     for ckpt in inv.checkpoints:
         state = ckpt.path / "trainer_state.json" if ckpt.path.is_dir() else None
@@ -24,8 +24,10 @@ def _trainer_log(inv: Inventory) -> list[tuple[int, float]]:
             continue  # a damaged trainer_state.json says nothing of the learning rate
         history = saved.get("log_history", []) if isinstance(saved, dict) else []
         for entry in history if isinstance(history, list) else []:
-            if isinstance(entry, dict) and isinstance(entry.get("step"), int) and isinstance(entry.get("learning_rate"), (int, float)):
-                points[entry["step"]] = float(entry["learning_rate"])
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if (isinstance(entry.get("step") if isinstance(entry, dict) else None, int)
+                    and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+                points[entry["step"]] = float(value)
     return sorted(points.items())
 
 
@@ -52,6 +54,11 @@ def _lr_file(path: Path) -> list[tuple[int, float]]:
     if not points:
         raise DataError(f"--lr-file {path} holds no step,lr rows", "e.g. a header step,lr then 0,3e-4")
     return points
+
+
+def training_loss_points(inv: Inventory) -> list[tuple[int, float]]:
+    """(step, training loss) from the log_history of the checkpoints' trainer_state.json; [] without."""
+    return _trainer_log(inv, "loss")
 
 
 def learning_rate_points(inv: Inventory, lr: float | None, lr_file: Path | None) -> tuple[list[tuple[int, float]], str | None]:

@@ -12,10 +12,17 @@ from trajcli.metrics import trajectory as tm
 DIVERGENCE_ANGLE_DEG = 60.0  # median step angle at or above this: a random walk on the sphere
 CONVERGENCE_FACTOR = 0.5  # the angle per step shrinks by at least this factor across the window
 MIN_INTERVALS = 3
+LOSS_PLATEAU_FACTOR = 0.95  # the training loss falling below this factor across the window: no equilibrium yet
+
+
+def regime_window(n_intervals: int) -> int:
+    """The first interval of the window the verdict reads: the later half (at least MIN_INTERVALS)."""
+    return n_intervals // 2 if n_intervals >= 2 * MIN_INTERVALS else max(0, n_intervals - MIN_INTERVALS)
 
 
 def group_dynamics(basis: np.ndarray, steps: list[int], bad: set[int] = frozenset(),
-                   lr: list[float | None] | None = None, scale_invariant: bool = False) -> dict:
+                   lr: list[float | None] | None = None, scale_invariant: bool = False,
+                   loss_change: float | None = None) -> dict:
     """Per checkpoint: norm, distance to the first, effective learning rate lr/‖w‖²; per interval
     k → k+1: the angle moved, Δsteps, angle/Δsteps, angle/√Δsteps and the effective step η̃·Δsteps.
     A regime verdict only for a `scale_invariant` group (the theory covers nothing else)."""
@@ -45,12 +52,12 @@ def group_dynamics(basis: np.ndarray, steps: list[int], bad: set[int] = frozense
         "angle_per_step_deg": tm.finite_or_none(per_step),
         "angle_per_sqrt_step_deg": tm.finite_or_none(per_sqrt),
         "effective_step": tm.finite_or_none(eff_step) if lr is not None else None,
-        "regime": regime(angle, eff_step if lr is not None else None, norms, steps, scale_invariant),
+        "regime": regime(angle, eff_step if lr is not None else None, norms, steps, scale_invariant, loss_change),
     }
 
 
 def regime(angle: np.ndarray, eff_step: np.ndarray | None, norms: np.ndarray, steps: list[int],
-           scale_invariant: bool = True) -> dict:
+           scale_invariant: bool = True, loss_change: float | None = None) -> dict:
     """A heuristic verdict over the later half of the intervals (at least MIN_INTERVALS of them), for
     scale-invariant weights only; the evidence comes with it, and a reason with every non-verdict:
 
@@ -59,15 +66,18 @@ def regime(angle: np.ndarray, eff_step: np.ndarray | None, norms: np.ndarray, st
       took on the sphere) shrinks by a factor ≥ 2 across the window — a decaying learning rate at a
       constant effective rate shrinks the raw angles, not this;
     - equilibrium: neither — the angle per effective step settles at a non-zero level;
-    - undetermined: too few intervals, undefined angles, or no learning rate (a decaying schedule
-      and convergence cannot then be told apart);
+    - undetermined: too few intervals, undefined angles, no learning rate (a decaying schedule and
+      convergence cannot then be told apart), or — where the run logged its training loss
+      (`loss_change`: its factor across the window) — a loss still falling below LOSS_PLATEAU_FACTOR
+      where the steps would read as equilibrium (it has not settled yet);
     - no verdict (None) for groups that are not scale-invariant: their numbers are shown unlabelled.
     """
     n = len(angle)
-    start = n // 2 if n >= 2 * MIN_INTERVALS else max(0, n - MIN_INTERVALS)
+    start = regime_window(n)
     window_angle = angle[start:]
     evidence = {"window_steps": [steps[start], steps[-1]] if n else None, "n_intervals": int(len(window_angle)),
-                "median_angle_deg": None, "rate_change_factor": None, "norm_change_factor": None}
+                "median_angle_deg": None, "rate_change_factor": None, "norm_change_factor": None,
+                "loss_change_factor": loss_change}
     if len(window_angle) and np.isfinite(window_angle).all():
         evidence["median_angle_deg"] = float(np.median(window_angle))
     if norms[start] > 0 and np.isfinite(norms[[start, -1]]).all():
@@ -94,8 +104,12 @@ def regime(angle: np.ndarray, eff_step: np.ndarray | None, norms: np.ndarray, st
     if factor <= CONVERGENCE_FACTOR:
         return {"verdict": "convergence", "reason": f"angle per effective step shrank by {factor:.3g} "
                 f"(≤ {CONVERGENCE_FACTOR:g})", **evidence}
+    if loss_change is not None and loss_change < LOSS_PLATEAU_FACTOR:
+        return {"verdict": "undetermined", "reason": f"the steps have settled, but the training loss still falls "
+                f"(×{loss_change:.3g} across the window): not an equilibrium yet", **evidence}
     return {"verdict": "equilibrium", "reason": f"angle per effective step changed by {factor:.3g} "
-            f"(> {CONVERGENCE_FACTOR:g}), median angle below {DIVERGENCE_ANGLE_DEG:g}°", **evidence}
+            f"(> {CONVERGENCE_FACTOR:g}), median angle below {DIVERGENCE_ANGLE_DEG:g}°"
+            + ("" if loss_change is None else f", training loss ×{loss_change:.3g} across the window"), **evidence}
 
 
 def learning_rate_at(steps: list[int], points: list[tuple[int, float]]) -> list[float | None]:
