@@ -197,3 +197,32 @@ def test_settled_steps_with_a_loss_still_falling_are_no_equilibrium_yet(tmp_path
         assert regime["loss_change_factor"] == pytest.approx(0.8 ** 4, rel=1e-12)  # steps 400 → 800
     else:
         assert regime["verdict"] == "equilibrium" and regime["loss_change_factor"] == pytest.approx(1.0)
+
+
+def _random_walk(n_ckpt: int, steps_between: int, step_deg: float, dim: int = 4000, seed: int = 0):
+    """Checkpoints of a walk on the sphere: every optimizer step turns w by `step_deg` towards a fresh
+    random direction (what an equilibrium, and at large angles divergence, looks like)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(dim, generator=gen, dtype=torch.float64)
+    w /= w.norm()
+    out = [w.clone()]
+    for _ in range(n_ckpt - 1):
+        for _ in range(steps_between):
+            r = torch.randn(dim, generator=gen, dtype=torch.float64)
+            r -= (r @ w) * w
+            r /= r.norm()
+            a = math.radians(step_deg)
+            w = math.cos(a) * w + math.sin(a) * r
+        out.append(w.clone())
+    return out
+
+
+def test_many_small_steps_adding_up_are_not_called_divergence(tmp_path):
+    """12° per step, checkpoints 40 steps apart: ~66° between checkpoints, as a random walk would give;
+    the spacing cannot tell them apart, so undetermined — with steps of 80° one apart, divergence."""
+    _save_run(tmp_path / "sparse", _random_walk(8, 40, 12.0), [40 * k for k in range(8)])
+    sparse = _verdicts(tmp_path / "sparse", "--lr", "0.1")["scale_invariant"]
+    assert sparse["median_angle_deg"] > 60
+    assert sparse["verdict"] == "undetermined" and "cannot tell a random walk" in sparse["reason"]
+    _save_run(tmp_path / "walk", _random_walk(8, 1, 80.0, seed=1), list(range(8)))
+    assert _verdicts(tmp_path / "walk", "--lr", "0.1")["scale_invariant"]["verdict"] == "divergence"

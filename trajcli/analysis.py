@@ -478,7 +478,8 @@ def dynamics_result(inv: Inventory, grams: GramSet, lr_points: list, lr_source: 
         basis, bad = grams.group(g.leaves)
         invariant = g.kind == "scale_invariant" or (g.kind == "tensor" and g.name in invariant_tensors)
         out.append({"name": g.name, "kind": g.kind, "layer": g.layer, "n_params": g.n_params,
-                    **dyn.group_dynamics(basis, steps, bad, lr, scale_invariant=invariant, loss_change=loss_change)})
+                    **dyn.group_dynamics(basis, steps, bad, lr, scale_invariant=invariant, loss_change=loss_change,
+                                         n_params=g.n_params)})
     doc = {"schema": DYNAMICS_SCHEMA, "trajcli_version": __version__, "checkpoints": checkpoints_json(inv),
            "name_alignment": inv.name_alignment,
            "steps": steps, "lr": lr, "lr_source": lr_source, "scale_invariant": scale_invariant,

@@ -22,7 +22,7 @@ def regime_window(n_intervals: int) -> int:
 
 def group_dynamics(basis: np.ndarray, steps: list[int], bad: set[int] = frozenset(),
                    lr: list[float | None] | None = None, scale_invariant: bool = False,
-                   loss_change: float | None = None) -> dict:
+                   loss_change: float | None = None, n_params: int | None = None) -> dict:
     """Per checkpoint: norm, distance to the first, effective learning rate lr/‖w‖²; per interval
     k → k+1: the angle moved, Δsteps, angle/Δsteps, angle/√Δsteps and the effective step η̃·Δsteps.
     A regime verdict only for a `scale_invariant` group (the theory covers nothing else)."""
@@ -52,16 +52,18 @@ def group_dynamics(basis: np.ndarray, steps: list[int], bad: set[int] = frozense
         "angle_per_step_deg": tm.finite_or_none(per_step),
         "angle_per_sqrt_step_deg": tm.finite_or_none(per_sqrt),
         "effective_step": tm.finite_or_none(eff_step) if lr is not None else None,
-        "regime": regime(angle, eff_step if lr is not None else None, norms, steps, scale_invariant, loss_change),
+        "regime": regime(angle, eff_step if lr is not None else None, norms, steps, scale_invariant, loss_change,
+                         n_params),
     }
 
 
 def regime(angle: np.ndarray, eff_step: np.ndarray | None, norms: np.ndarray, steps: list[int],
-           scale_invariant: bool = True, loss_change: float | None = None) -> dict:
+           scale_invariant: bool = True, loss_change: float | None = None, n_params: int | None = None) -> dict:
     """A heuristic verdict over the later half of the intervals (at least MIN_INTERVALS of them), for
     scale-invariant weights only; the evidence comes with it, and a reason with every non-verdict:
 
-    - divergence: the median step angle is ≥ 60° (steps near 90° are a random walk on the sphere);
+    - divergence: the median step angle is ≥ 60° (steps near 90° are a random walk on the sphere) at
+      a checkpoint spacing that can show it (see below; else undetermined);
     - convergence: the angle per unit of *effective* step (η/‖w‖² × Δsteps, the step the run actually
       took on the sphere) shrinks by a factor ≥ 2 across the window — a decaying learning rate at a
       constant effective rate shrinks the raw angles, not this;
@@ -96,7 +98,18 @@ def regime(angle: np.ndarray, eff_step: np.ndarray | None, norms: np.ndarray, st
         return {"verdict": "undetermined", "reason": f"fewer than {MIN_INTERVALS} intervals with defined, non-zero "
                 "angles in the later half", **evidence}
     if evidence["median_angle_deg"] >= DIVERGENCE_ANGLE_DEG:
-        return {"verdict": "divergence", "reason": f"median step angle ≥ {DIVERGENCE_ANGLE_DEG:g}°", **evidence}
+        # Between checkpoints Δ steps apart, small random steps (an equilibrium) also add up to a large
+        # angle: cos θ_Δ = cos(δ)^Δ for steps of angle δ in random directions. Steps of ≥ 60° show only
+        # as cos θ_Δ ≤ 0.5^Δ, and only while 0.5^Δ stands above the noise of a cosine in this many
+        # dimensions (3/√n); with sparser checkpoints the two cannot be told apart.
+        dsteps = [steps[k + 1] - steps[k] for k in range(start, len(steps) - 1)]
+        resolvable = n_params is not None and all(0.5 ** d > 3 / np.sqrt(n_params) for d in dsteps)
+        if not resolvable:
+            return {"verdict": "undetermined", "reason": f"median angle between checkpoints ≥ {DIVERGENCE_ANGLE_DEG:g}°, "
+                    f"but checkpoints up to {max(dsteps)} steps apart cannot tell a random walk (divergence) from "
+                    "many small steps adding up (equilibrium); closer checkpoints can", **evidence}
+        return {"verdict": "divergence", "reason": f"median step angle ≥ {DIVERGENCE_ANGLE_DEG:g}° at a spacing "
+                "that resolves it", **evidence}
     factor = evidence["rate_change_factor"]
     if factor is None:
         return {"verdict": "undetermined", "reason": "no learning rate: without the effective step a decaying "
