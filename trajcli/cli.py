@@ -57,6 +57,11 @@ def warn(message: str) -> None:
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
+def _discard_stdout() -> None:
+    """What is still buffered for a stdout that is full or closed goes nowhere (no second error at exit)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def handles_errors(fn):
     """Known errors become one line + hint on stderr and their exit code; Ctrl-C/SIGTERM exit 130."""
 
@@ -76,14 +81,14 @@ def handles_errors(fn):
             typer.echo("trajcli: interrupted; no output was left half-written", err=True)
             raise typer.Exit(130) from None
         except BrokenPipeError:  # `trajcli … | head`: the reader has all it wanted; nothing to say
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _discard_stdout()
             raise typer.Exit(1) from None
         except OSError as exc:
             if exc.errno not in _WRITE_ERRNOS or _STATE["debug"]:
                 raise
             where = exc.filename or "standard output"
-            if exc.filename is None:  # stdout is full or gone: what is still buffered there goes nowhere
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            if exc.filename is None:  # stdout is full or gone
+                _discard_stdout()
             typer.echo(f"trajcli: error: cannot write {where}: {exc.strerror}", err=True)
             typer.echo("  hint: free some space there (or write elsewhere); no half-written result was left", err=True)
             raise typer.Exit(1) from None
@@ -150,6 +155,11 @@ TopKOpt = Annotated[int, typer.Option("--top-k", min=1, help="How many of the la
 MomentumOpt = Annotated[Optional[float], typer.Option("--momentum", min=0.0, max=1.0, help="The run's momentum (SGD) or Adam beta1, for the momentum edge-of-stability line [default: the optimizer state].")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Precision of the model during the probes: float64 (exact finite differences) or float32.")]
 RecomputeOpt = Annotated[bool, typer.Option("--recompute", help="Read the checkpoints even when --out holds Grams saved from them (or kept by a stopped pass).")]
+
+
+def _head_flags(num_heads, num_kv_heads, head_dim, force_layout) -> dict:
+    """What the head-count flags say, for `detect_architecture`."""
+    return {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim, "force_layout": force_layout}
 
 
 def _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference=None, strip_prefix=None):
@@ -410,8 +420,7 @@ def layers(
     _check_choice(mode, "--mode", _modes())
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
-    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
-                  "force_layout": force_layout}
+    head_flags = _head_flags(num_heads, num_kv_heads, head_dim, force_layout)
 
     def plan_for(inv):
         from trajcli.arch.grouping import MergedBlocksError
@@ -487,8 +496,7 @@ def qkv(
     _check_choice(mode, "--mode", _modes())
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
-    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
-                  "force_layout": force_layout}
+    head_flags = _head_flags(num_heads, num_kv_heads, head_dim, force_layout)
 
     def plan_for(inv):
         architecture = detect_architecture(inv, arch, head_flags)
@@ -566,8 +574,7 @@ def report(
     """
     _check_choice(plot_format, "--format", PLOT_FORMATS)
     selection = _selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, strip_prefix)
-    head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
-                  "force_layout": force_layout}
+    head_flags = _head_flags(num_heads, num_kv_heads, head_dim, force_layout)
     _check_lr(lr, lr_file)
     options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
     probe = None

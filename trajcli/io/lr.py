@@ -24,10 +24,12 @@ def _trainer_log(inv: Inventory, key: str = "learning_rate") -> list[tuple[int, 
             continue  # a damaged trainer_state.json says nothing of the learning rate
         history = saved.get("log_history", []) if isinstance(saved, dict) else []
         for entry in history if isinstance(history, list) else []:
-            value = entry.get(key) if isinstance(entry, dict) else None
-            if (isinstance(entry.get("step") if isinstance(entry, dict) else None, int)
-                    and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
-                points[entry["step"]] = float(value)
+            if not isinstance(entry, dict):
+                continue
+            step, value = entry.get("step"), entry.get(key)
+            if (isinstance(step, int) and isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value)):
+                points[step] = float(value)
     return sorted(points.items())
 
 
