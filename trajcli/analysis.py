@@ -360,7 +360,7 @@ def plan_report(inv: Inventory, arch: str | None, head_flags: dict) -> ReportPla
 
 
 def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, lr_points: list | None = None, lr_source: str | None = None,
-                  on_part: Callable[[dict, str], None] | None = None) -> dict:
+                  on_part: Callable[[dict, str], None] | None = None, loss_file: Path | None = None) -> dict:
     """Every analysis from one Gram set: similarity in three modes, layers by block and by role
     (displacement), Q/K/V with heads (displacement), dynamics, lengths and bends, PCA, the headline.
     `on_part(result, part)` is called as each part is ready (its files can be written meanwhile)."""
@@ -388,7 +388,7 @@ def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, lr_points:
         ready(f"layers_{by}")
     names = {t.name for t in inv.tensors} | {d["tensor"] for d in inv.left_out}
     invariant = scale_invariant_tensors(inv.tensors, names, None)
-    out["dynamics"], warnings = dynamics_result(inv, per_tensor, lr_points or [], lr_source, invariant)
+    out["dynamics"], warnings = dynamics_result(inv, per_tensor, lr_points or [], lr_source, invariant, loss_file)
     out["warnings"] += warnings
     ready("dynamics")
     if plans.qkv is not None:
@@ -445,7 +445,7 @@ DYNAMICS_SCHEMA = "trajcli.dynamics/1"
 
 
 def dynamics_result(inv: Inventory, grams: GramSet, lr_points: list, lr_source: str | None,
-                    scale_invariant: list[str]) -> tuple[dict, list[str]]:
+                    scale_invariant: list[str], loss_file: Path | None = None) -> tuple[dict, list[str]]:
     """Norms, angular steps and effective learning rates of the whole model, the scale-invariant set,
     each block and each tensor, with a regime verdict per group."""
     from trajcli.arch.grouping import Group, plan_layers
@@ -458,12 +458,14 @@ def dynamics_result(inv: Inventory, grams: GramSet, lr_points: list, lr_source: 
         warnings.append("some checkpoints have no step; intervals count 1 step each")
         steps = list(range(len(steps)))
     lr = dyn.learning_rate_at(steps, lr_points) if lr_points else None
-    losses = training_loss_points(inv)
-    loss_change = None
-    if len(losses) >= 2 and len(steps) >= 2:  # the training loss across the verdict's window, where logged
-        start = dyn.regime_window(len(steps) - 1)
-        first, last = dyn.learning_rate_at([steps[start], steps[-1]], losses)
-        loss_change = last / first if first and first > 0 else None
+    losses, loss_source = training_loss_points(inv, loss_file)
+    loss = None
+    if len(losses) >= 2 and len(steps) >= 2:  # how the training loss changes across the verdict's window, where logged
+        lo, hi = steps[dyn.regime_window(len(steps) - 1)], steps[-1]
+        inside = [(s, v) for s, v in losses if lo <= s <= hi]
+        if len(inside) < 3:  # too few logged points inside: the loss interpolated at the window's ends
+            inside = list(zip([lo, hi], dyn.learning_rate_at([lo, hi], losses)))
+        loss = dyn.trend(np.array([s for s, _ in inside]), np.array([v for _, v in inside]))
     tensors = [t.name for t in inv.tensors]
     groups = [Group("model", "model", None, tensors, sum(t.numel for t in inv.tensors))]
     if scale_invariant:
@@ -478,15 +480,19 @@ def dynamics_result(inv: Inventory, grams: GramSet, lr_points: list, lr_source: 
         basis, bad = grams.group(g.leaves)
         invariant = g.kind == "scale_invariant" or (g.kind == "tensor" and g.name in invariant_tensors)
         out.append({"name": g.name, "kind": g.kind, "layer": g.layer, "n_params": g.n_params,
-                    **dyn.group_dynamics(basis, steps, bad, lr, scale_invariant=invariant, loss_change=loss_change,
+                    **dyn.group_dynamics(basis, steps, bad, lr, scale_invariant=invariant, loss=loss,
                                          n_params=g.n_params)})
     doc = {"schema": DYNAMICS_SCHEMA, "trajcli_version": __version__, "checkpoints": checkpoints_json(inv),
            "name_alignment": inv.name_alignment,
-           "steps": steps, "lr": lr, "lr_source": lr_source, "scale_invariant": scale_invariant,
-           "regime_rule": {"divergence_angle_deg": dyn.DIVERGENCE_ANGLE_DEG,
-                           "convergence_factor": dyn.CONVERGENCE_FACTOR, "min_intervals": dyn.MIN_INTERVALS,
-                           "quantity": "angle per effective step (lr / |w|^2 x steps) over the later half",
+           "steps": steps, "lr": lr, "lr_source": lr_source, "loss_source": loss_source,
+           "scale_invariant": scale_invariant,
+           "regime_rule": {"window": "later half of the intervals", "min_intervals": dyn.MIN_INTERVALS,
+                           "divergence": "median |cos| between the window's checkpoints <= noise_sigmas/sqrt(n)",
+                           "noise_sigmas": dyn.NOISE_SIGMAS,
+                           "convergence": "angle per effective step (lr / |w|^2 x steps) shrinks by the factor",
+                           "convergence_factor": dyn.CONVERGENCE_FACTOR, "settled_factor": dyn.SETTLED_FACTOR,
                            "loss_plateau_factor": dyn.LOSS_PLATEAU_FACTOR,
+                           "equilibrium": "settled steps and loss, cos(first, last) above the random-walk product",
                            "classified": "scale-invariant groups only"},
            "groups": out}
     if lr is None:

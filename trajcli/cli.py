@@ -144,6 +144,7 @@ FormatOpt = Annotated[str, typer.Option("--format", help="Plot file format: png,
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where the float64 products run: auto (CUDA when available), cpu or cuda.")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="A constant learning rate [default: from trainer_state.json or the optimizer state].")]
 LrFileOpt = Annotated[Optional[Path], typer.Option("--lr-file", help="CSV of step,lr (a header line is allowed).")]
+LossFileOpt = Annotated[Optional[Path], typer.Option("--loss-file", help="CSV of step,training loss, for the regime's plateau check [default: trainer_state.json log_history].")]
 SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Run the pass on the Dask cluster at this address, e.g. tcp://host:8786; it must answer within 20 s (pip install 'trajcli[dask]').")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Run the pass on a local Dask cluster of N worker processes.")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Token ids (.npy/.pt), a text file (tokenized with the checkpoints' tokenizer), or arrays (.npz/.pt) for a --model loss.")]
@@ -531,6 +532,7 @@ def report(
     reference: ReferenceOpt = None,
     lr: LrOpt = None,
     lr_file: LrFileOpt = None,
+    loss_file: LossFileOpt = None,
     arch: ArchOpt = None,
     num_heads: HeadsOpt = None,
     num_kv_heads: KvHeadsOpt = None,
@@ -585,7 +587,8 @@ def report(
     elif model is not None:
         raise typer.BadParameter("--model needs --data (the batch the curvature is measured on)", param_hint="'--model'")
     _run_report(paths, out, selection, options, arch=arch, head_flags=head_flags,
-                plot_format=plot_format, json_output=json_output, lr=lr, lr_file=lr_file, curvature=probe, strict=strict)
+                plot_format=plot_format, json_output=json_output, lr=lr, lr_file=lr_file, curvature=probe, strict=strict,
+                loss_file=loss_file)
 
 
 @dataclass
@@ -646,7 +649,8 @@ def _measure_curvature(paths, selection, request: CurvatureRequest, lr, lr_file,
 
 
 def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_flags=None,
-                plot_format="png", json_output=False, lr=None, lr_file=None, curvature=None, strict=False) -> None:
+                plot_format="png", json_output=False, lr=None, lr_file=None, curvature=None, strict=False,
+                loss_file=None) -> None:
     """The report flow, shared by `report` and `demo`: plan the finest cut, one pass (or saved Grams),
     every analysis, every file; with a `CurvatureRequest`, the curvature walk too."""
     from trajcli.analysis import plan_report, report_result
@@ -662,7 +666,7 @@ def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_
     points, source = learning_rate_points(inv, lr, lr_file)
     with render.ReportWriter(out_dir, plot_format) as report:
         # each part's files are written, and its figures drawn, while the next part is computed
-        result = report_result(inv, grams, plans, points, source, on_part=report.add)
+        result = report_result(inv, grams, plans, points, source, on_part=report.add, loss_file=loss_file)
         _warn_all(result["warnings"], options.quiet)
         if curvature is not None:
             from trajcli.analysis import curvature_headline
@@ -687,6 +691,7 @@ def dynamics(
     paths: PathsArg,
     lr: LrOpt = None,
     lr_file: LrFileOpt = None,
+    loss_file: LossFileOpt = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="A checkpoint outside the trajectory to start it from (e.g. the base model of a fine-tune): its path.")] = None,
     scale_invariant: Annotated[Optional[str], typer.Option("--scale-invariant", help="Regex of the weights a normalization follows [default: ResNet-style conv + batch norm].")] = None,
     every: EveryOpt = 1,
@@ -739,7 +744,7 @@ def dynamics(
     options = PassOptions(memory_budget, device, scheduler, workers, recompute, quiet)
     inv, grams, out_dir, invariant = _read_pass(paths, selection, out, options, plan_for)
     points, source = learning_rate_points(inv, lr, lr_file)
-    doc, warnings = dynamics_result(inv, grams, points, source, invariant)
+    doc, warnings = dynamics_result(inv, grams, points, source, invariant, loss_file)
     _warn_all(inv.warnings + warnings, quiet)
     _refuse_nonfinite(strict, grams)
     written = render.write(out_dir, render.add_dynamics, doc, plot_format) if out_dir is not None else []

@@ -33,34 +33,40 @@ def _trainer_log(inv: Inventory, key: str = "learning_rate") -> list[tuple[int, 
     return sorted(points.items())
 
 
-def _lr_file(path: Path) -> list[tuple[int, float]]:
+def _csv_points(path: Path, flag: str = "--lr-file", column: str = "lr", example: str = "1000,3e-4") -> list[tuple[int, float]]:
+    """(step, value) rows of a CSV file given with `flag`: a header line allowed, values finite ≥ 0."""
+    usage = f"a CSV file with columns step,{column}"
     try:
         rows = list(csv.reader(path.read_bytes().decode("utf-8").splitlines()))
     except csv.Error as exc:  # a field longer than csv allows, a NUL byte …
-        raise DataError(f"--lr-file {path} is not a CSV of step,lr rows: {exc}", "e.g. a header step,lr then 0,3e-4") from None
+        raise DataError(f"{flag} {path} is not a CSV of step,{column} rows: {exc}", f"e.g. a header step,{column} then {example}") from None
     except OSError as exc:
-        raise UsageError(f"--lr-file {path}: {exc.strerror}", "a CSV file with columns step,lr") from None
+        raise UsageError(f"{flag} {path}: {exc.strerror}", usage) from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"--lr-file {path} is not UTF-8 text (byte {exc.start})", "a CSV file with columns step,lr") from None
+        raise UsageError(f"{flag} {path} is not UTF-8 text (byte {exc.start})", usage) from None
     points = []
     for i, row in enumerate(rows):
         if not row or (i == 0 and not row[0].strip().lstrip("-").isdigit()):
             continue  # blank line or header
         try:
-            step, rate = int(row[0]), float(row[1])
-            if not (math.isfinite(rate) and rate >= 0):
-                raise ValueError(rate)
-            points.append((step, rate))
+            step, value = int(row[0]), float(row[1])
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(value)
+            points.append((step, value))
         except (ValueError, IndexError):
-            raise DataError(f"--lr-file {path} line {i + 1}: {','.join(row)!r} is not step,lr", "e.g. 1000,3e-4") from None
+            raise DataError(f"{flag} {path} line {i + 1}: {','.join(row)!r} is not step,{column}", f"e.g. {example}") from None
     if not points:
-        raise DataError(f"--lr-file {path} holds no step,lr rows", "e.g. a header step,lr then 0,3e-4")
+        raise DataError(f"{flag} {path} holds no step,{column} rows", f"e.g. a header step,{column} then {example}")
     return points
 
 
-def training_loss_points(inv: Inventory) -> list[tuple[int, float]]:
-    """(step, training loss) from the log_history of the checkpoints' trainer_state.json; [] without."""
-    return _trainer_log(inv, "loss")
+def training_loss_points(inv: Inventory, loss_file: Path | None = None) -> tuple[list[tuple[int, float]], str | None]:
+    """(step, training loss) points and where they came from: --loss-file, else the log_history of the
+    checkpoints' trainer_state.json; ([], None) when nothing says."""
+    if loss_file is not None:
+        return _csv_points(loss_file, "--loss-file", "loss", "1000,2.31"), f"--loss-file {loss_file}"
+    log = _trainer_log(inv, "loss")
+    return log, ("trainer_state.json log_history" if log else None)
 
 
 def learning_rate_points(inv: Inventory, lr: float | None, lr_file: Path | None) -> tuple[list[tuple[int, float]], str | None]:
@@ -70,7 +76,7 @@ def learning_rate_points(inv: Inventory, lr: float | None, lr_file: Path | None)
     if lr is not None:
         return [(s, lr) for s in steps], "--lr"
     if lr_file is not None:
-        return _lr_file(lr_file), f"--lr-file {lr_file}"
+        return _csv_points(lr_file), f"--lr-file {lr_file}"
     log = _trainer_log(inv)
     if log:
         return log, "trainer_state.json log_history"

@@ -30,11 +30,12 @@ EXPLAIN = {
            "− min(…); map distance is the mean RMS difference between the three maps. The middle third of the "
            "depth is shaded.",
     "dynamics": "For weights followed by a normalization only the direction matters; it moves on a sphere with "
-                "effective learning rate η/‖w‖². The angle moved per training step, the norm and the effective "
-                "learning rate tell three regimes apart: <b>convergence</b> (the angle per unit of effective step "
-                "shrinks), <b>equilibrium</b> (it settles at a constant non-zero level while the norm stabilises) "
-                "and <b>divergence</b> (steps near 90°: a random walk). The verdict is a heuristic over the later "
-                "half of the checkpoints, given to scale-invariant weights only; the evidence is in dynamics.json.",
+                "effective learning rate η/‖w‖². From the angles between checkpoints, the measured norms and the "
+                "learning rate the later half of the run is read as <b>convergence</b> (the angle per unit of "
+                "effective step shrinks), <b>equilibrium</b> (it settles, the training loss no longer falls, and the "
+                "weights stay near one direction), <b>divergence</b> (the checkpoints are mutually uncorrelated, or "
+                "single steps turn the weights by ≥ 60°) or <b>undetermined</b>, with the reason. Verdicts are given "
+                "to scale-invariant weights only; the rule and its evidence are in dynamics.json.",
     "curvature": "The model's loss on one fixed batch at every checkpoint, and its curvature: the largest Hessian "
                  "eigenvalue (sharpness, by Lanczos on Hessian-vector products) against 2/η, where gradient descent "
                  "stops being stable (the edge of stability); the Hessian trace (Hutchinson); and the curvature along "
