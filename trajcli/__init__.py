@@ -1,3 +1,14 @@
-"""trajcli: analyse the optimization trajectory stored in a folder of checkpoints."""
+"""trajcli: analyse the optimization trajectory stored in a folder of checkpoints.
+
+    import trajcli
+    run = trajcli.open("runs/out")
+    sim = run.similarity(mode="displacement")
+    sim.matrix, sim.labels, sim.mds
+
+See docs/api.md; the command line (`trajcli --help`) is a thin skin over the same pipeline."""
 
 __version__ = "0.1.0"
+
+from trajcli.api import CheckpointInfo, Run, open  # noqa: E402 - after __version__, which the modules read
+
+__all__ = ["CheckpointInfo", "Run", "open", "__version__"]

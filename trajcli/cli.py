@@ -21,6 +21,7 @@ import typer
 from trajcli import __version__
 from trajcli.errors import DataError, Terminated, TrajcliError, UsageError, raise_terminated
 from trajcli.launch import main  # noqa: F401 - the entry point, importable from here too
+from trajcli.options import PassOptions
 
 app = typer.Typer(
     name="trajcli",
@@ -295,83 +296,14 @@ def _warn_all(messages: list[str], quiet: bool) -> None:
             warn(message)
 
 
-@dataclass
-class PassOptions:
-    """How a command reads its checkpoints: the flags every reading command shares."""
-
-    memory_budget: str | None = None
-    device: str = "auto"
-    scheduler: str | None = None
-    workers: int | None = None
-    recompute: bool = False
-    quiet: bool = False
-
-
-def _read_pass(paths, selection, out, options: PassOptions, plan_for=None):
-    """Inventory, output folder check, the plan (which needs the inventory), then the single pass —
-    or, when --out holds Grams saved from these very checkpoints, no pass at all.
-
-    `plan_for(inv)` returns (segments: how tensors are cut into leaves, anything the command needs
-    later); the result is (inventory, Gram set, output folder or None, that second item)."""
-    from trajcli.engine.budget import available_memory_bytes, parse_budget
-    from trajcli.engine.gram import resolve_device
-    from trajcli.engine.journal import PassJournal, kept_on_failure
-    from trajcli.engine.store import GRAMS_FILE, load_grams, pass_plan, save_grams
-    from trajcli.pipeline import load_inventory, read_trajectory
-    from trajcli.report import render
+def _read_pass(paths, selection, out, options, plan_for=None):
+    """pipeline.read_pass with this command line's messages on stderr and its drawing process."""
+    from trajcli.pipeline import read_pass
 
     _check_choice(options.device, "--device", DEVICES)
-    if options.scheduler is not None:
-        from trajcli.engine.distributed import check_scheduler_address
-
-        check_scheduler_address(options.scheduler)  # before any checkpoint is opened
-    distributed = options.scheduler is not None or options.workers is not None
-    if distributed and options.device == "cuda":
-        raise UsageError("--device cuda is for the pass in this process; Dask workers multiply on their CPUs",
-                         "drop --device cuda, or --scheduler/--workers")
-    budget = parse_budget(options.memory_budget)
-    available = available_memory_bytes()
-    if options.memory_budget is not None and available and budget > available // 2 and not options.quiet:
-        warn(f"--memory-budget {options.memory_budget} is more than half of the {available >> 20} MiB available now")
-    inv = load_inventory(paths, selection)
-    try:
-        out_dir = render.prepare_out(out, inv) if out is not None else None
-        if out_dir is not None and options.workers is None:
-            # Not beside --workers: Dask may fork its workers from this process (where the fork server
-            # is not used: DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=fork), and they would hold
-            # the drawing process's pipes open, which then would not see this process end.
-            _start_drawing()
-        segments, planned = plan_for(inv) if plan_for is not None else ({}, None)
-        grams = None
-        if out_dir is not None and not options.recompute:
-            grams = load_grams(out_dir / GRAMS_FILE, inv, segments)
-            if grams is not None and not options.quiet:
-                typer.echo(f"trajcli: reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)", err=True)
-        if grams is None:
-            device = "cpu" if distributed else resolve_device(options.device)  # (torch is not imported here then)
-            journal = None
-            if out_dir is not None:  # a pass that stops keeps its finished tensors there, for the next
-                journal = PassJournal.open(out_dir, pass_plan(inv, segments), fresh=options.recompute)
-                if journal.done and not options.quiet:
-                    typer.echo(f"trajcli: resuming an interrupted pass: {len(journal.done)} of {len(inv.tensors)} "
-                               f"tensors were read before (kept in {journal.folder}; --recompute reads them again)",
-                               err=True)
-            try:
-                with kept_on_failure(journal):  # stopped while saving too: the whole pass is kept
-                    grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
-                                            scheduler=options.scheduler, workers=options.workers, journal=journal)
-                    if out_dir is not None:
-                        save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
-            except BaseException:
-                if journal is not None and journal.n_kept and not options.quiet:
-                    typer.echo(f"trajcli: {journal.n_kept} of {len(inv.tensors)} tensors are read and kept in "
-                               f"{journal.folder}: the same command goes on from there", err=True)
-                raise
-            if journal is not None:
-                journal.remove()
-    finally:
-        inv.close()
-    return inv, grams, out_dir, planned
+    return read_pass(paths, selection, out, options, plan_for,
+                     notify=lambda message: None if options.quiet else typer.echo(f"trajcli: {message}", err=True),
+                     on_out_dir=None if options.workers is not None else _start_drawing)
 
 
 @app.command()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from trajcli.engine.gram import GramSet, accumulate, itemsize
 from trajcli.engine.journal import PassJournal
 from trajcli.engine.store import check_unchanged
+from trajcli.errors import UsageError
+from trajcli.options import PassOptions
 from trajcli.io.discover import discover_checkpoints
 from trajcli.io.inventory import Inventory, Selection, take_inventory
 
@@ -113,3 +116,68 @@ def _pass(inv: Inventory, memory_budget_bytes: int, quiet: bool, segments: dict 
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def read_pass(paths, selection: Selection, out: Path | None, options: PassOptions, plan_for=None,
+              notify: Callable[[str], None] = lambda message: None, on_out_dir: Callable[[], None] | None = None):
+    """Inventory, output folder check, the plan (which needs the inventory), then the single pass —
+    or, when `out` holds Grams saved from these very files, no pass at all.
+
+    `plan_for(inv)` returns (segments: how tensors are cut into leaves, anything the caller needs
+    later); the result is (inventory, Gram set, output folder or None, that second item). `notify`
+    receives the messages a user should see (reuse, resume, a large budget); `on_out_dir` is called
+    once the output folder is held, before the pass."""
+    from trajcli.engine.budget import available_memory_bytes, parse_budget
+    from trajcli.engine.gram import resolve_device
+    from trajcli.engine.journal import kept_on_failure
+    from trajcli.engine.store import GRAMS_FILE, load_grams, pass_plan, save_grams
+    from trajcli.report import render
+
+    if options.scheduler is not None:
+        from trajcli.engine.distributed import check_scheduler_address
+
+        check_scheduler_address(options.scheduler)  # before any checkpoint is opened
+    distributed = options.scheduler is not None or options.workers is not None
+    if distributed and options.device == "cuda":
+        raise UsageError("--device cuda is for the pass in this process; Dask workers multiply on their CPUs",
+                         "drop --device cuda, or --scheduler/--workers")
+    budget = parse_budget(options.memory_budget)
+    available = available_memory_bytes()
+    if options.memory_budget is not None and available and budget > available // 2:
+        notify(f"warning: --memory-budget {options.memory_budget} is more than half of the {available >> 20} MiB "
+               "available now")
+    inv = load_inventory(paths, selection)
+    try:
+        out_dir = render.prepare_out(out, inv) if out is not None else None
+        if out_dir is not None and on_out_dir is not None:
+            on_out_dir()
+        segments, planned = plan_for(inv) if plan_for is not None else ({}, None)
+        grams = None
+        if out_dir is not None and not options.recompute:
+            grams = load_grams(out_dir / GRAMS_FILE, inv, segments)
+            if grams is not None:
+                notify(f"reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)")
+        if grams is None:
+            device = "cpu" if distributed else resolve_device(options.device)  # (torch is not imported here then)
+            journal = None
+            if out_dir is not None:  # a pass that stops keeps its finished tensors there, for the next
+                journal = PassJournal.open(out_dir, pass_plan(inv, segments), fresh=options.recompute)
+                if journal.done:
+                    notify(f"resuming an interrupted pass: {len(journal.done)} of {len(inv.tensors)} tensors were "
+                           f"read before (kept in {journal.folder}; --recompute reads them again)")
+            try:
+                with kept_on_failure(journal):  # stopped while saving too: the whole pass is kept
+                    grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
+                                            scheduler=options.scheduler, workers=options.workers, journal=journal)
+                    if out_dir is not None:
+                        save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
+            except BaseException:
+                if journal is not None and journal.n_kept:
+                    notify(f"{journal.n_kept} of {len(inv.tensors)} tensors are read and kept in {journal.folder}: "
+                           "the same command goes on from there")
+                raise
+            if journal is not None:
+                journal.remove()
+    finally:
+        inv.close()
+    return inv, grams, out_dir, planned
