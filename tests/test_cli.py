@@ -166,7 +166,7 @@ def test_inspect_lists_checkpoints_and_what_is_left_out(tmp_path):
 def test_version_and_help_are_light():
     result = run(["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("trajcli ")
-    code = "import sys, trajcli.cli; sys.argv=['trajcli','--help']\ntry: trajcli.cli.main()\nexcept SystemExit: pass\n" \
+    code = "import sys, trajcli.launch; sys.argv=['trajcli','--help']\ntry: trajcli.launch.main()\nexcept SystemExit: pass\n" \
            "print('torch' in sys.modules, 'matplotlib' in sys.modules, 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False False"

@@ -37,7 +37,7 @@ def test_answers_from_saved_grams_and_inspect_do_not_import_torch(tmp_path):
     write_trajectory("gpt_neox", tmp_path / "run", n=3)
     out = tmp_path / "out"
     assert run(["layers", tmp_path / "run", "--out", out]).exit_code == 0  # reads: writes grams.npz
-    probe = ("import sys; from trajcli.cli import main; sys.argv = ['trajcli', *sys.argv[1:]]\n"
+    probe = ("import sys; from trajcli.launch import main; sys.argv = ['trajcli', *sys.argv[1:]]\n"
              "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
              "print('torch' in sys.modules)")
     for args in (["similarity", str(tmp_path / "run"), "--out", str(out), "--quiet"],

@@ -423,13 +423,13 @@ def test_global_step_true_is_no_step(tmp_path):
 def test_a_journal_that_cannot_be_written_leaves_no_empty_folder(tmp_path, monkeypatch):
     import errno
 
+    from trajcli import atomic
     from trajcli.errors import DataError
-    from trajcli.report import writers
 
     def full(self, name):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writers.OutputSet, "path_for", full)
+    monkeypatch.setattr(atomic.AtomicFiles, "path_for", full)
     journal = PassJournal.open(tmp_path, {"labels": [], "segments": {}}, every_s=0.0)
     with pytest.raises(DataError, match="cannot write the pass journal"):
         journal.finished("w", {"w": np.eye(2)}, {})  # every_s=0: written at once

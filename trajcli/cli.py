@@ -20,7 +20,6 @@ import typer
 
 from trajcli import __version__
 from trajcli.errors import DataError, Terminated, TrajcliError, UsageError, raise_terminated
-from trajcli.launch import main  # noqa: F401 - the entry point, importable from here too
 from trajcli.options import PassOptions
 
 app = typer.Typer(

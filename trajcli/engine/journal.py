@@ -112,11 +112,11 @@ class PassJournal:
                 leaves[leaf] = len(arrays)
                 arrays[f"g{len(arrays)}"] = np.asarray(to_numpy(gram), dtype=np.float64)
             meta["tensors"][tensor] = {"leaves": leaves, "nonfinite": {str(k): c for k, c in nonfinite.items()}}
-        from trajcli.report.writers import OutputSet
+        from trajcli.atomic import AtomicFiles
 
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with OutputSet(self.folder) as files:  # hidden temp files, renamed into place whole
+            with AtomicFiles(self.folder) as files:  # hidden temp files, renamed into place whole
                 if not (self.folder / _PLAN).is_file():
                     files.text(_PLAN, json.dumps({"format": JOURNAL_FORMAT, **self.plan}))
                 with open(files.path_for(f"part-{self._next_part}.npz"), "wb") as f:

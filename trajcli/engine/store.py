@@ -63,7 +63,7 @@ def pass_plan(inv: Inventory, segments: dict[str, Segment]) -> dict:
 
 def save_grams(path: Path, inv: Inventory, grams: GramSet, segments: dict[str, Segment]) -> None:
     """Write the Gram set atomically (temp file + rename)."""
-    from trajcli.report.writers import OutputSet
+    from trajcli.atomic import AtomicFiles
 
     leaves = list(grams.basis)
     meta = {
@@ -77,7 +77,7 @@ def save_grams(path: Path, inv: Inventory, grams: GramSet, segments: dict[str, S
         "nonfinite": {t: {str(k): c for k, c in v.items()} for t, v in grams.nonfinite.items()},
     }
     n = len(grams.labels)
-    with OutputSet(path.parent) as files:
+    with AtomicFiles(path.parent) as files:
         with zipfile.ZipFile(files.path_for(path.name), "w", allowZip64=True) as z:  # as np.savez writes
             with z.open("meta.npy", "w") as member:
                 np.lib.format.write_array(member, np.array(json.dumps(meta)), allow_pickle=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from trajcli.atomic import AtomicFiles
 from trajcli.errors import DataError
 from trajcli.report import drawing
 
@@ -202,33 +203,14 @@ def release_out_dirs() -> None:
             pass
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-class OutputSet:
-    """Files to write together: each goes to a hidden temp file first and is renamed into place at
-    `commit`, so an error or an interruption never leaves a half-written result; what was not
-    committed yet is removed."""
+class OutputSet(AtomicFiles):
+    """A command's result files (JSON, CSV, NPY, figures), written atomically together (see
+    `trajcli.atomic`); figures are drawn by the drawing process when one runs."""
 
     def __init__(self, out: Path):
-        self.out = out
-        self._pending: list[tuple[Path, Path]] = []
+        super().__init__(out)
         self._jobs: list[tuple] = []  # plots to draw here at `flush` (no drawing process runs)
         self._sent: list[int] = []  # plots sent to the drawing process, not yet waited for
-        self._committed: set[str] = set()
-
-    def _temp(self, name: str) -> Path:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out)
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results get the usual permissions
-        os.close(fd)
-        self._pending.append((Path(tmp), self.out / name))
-        return Path(tmp)
-
-    def text(self, name: str, content: str) -> None:
-        self._temp(name).write_text(content, encoding="utf-8")
 
     def json(self, name: str, doc: dict) -> None:
         """A JSON document, written as orjson makes it (a layers document of a long run is hundreds of
@@ -240,10 +222,6 @@ class OutputSet:
     def npy(self, name: str, array: np.ndarray) -> None:
         with open(self._temp(name), "wb") as f:
             np.save(f, array)
-
-    def path_for(self, name: str) -> Path:
-        """A temp path that a writer fills; renamed to `name` on commit."""
-        return self._temp(name)
 
     def draw(self, name: str, plot, *args) -> None:
         """`plot(path, *args)` into `name`: sent to the drawing process at once when one runs (drawn
@@ -272,36 +250,9 @@ class OutputSet:
             return (self.out / name).read_bytes()
         raise KeyError(name)
 
-    def commit(self) -> list[Path]:
-        """Every file asked for so far, complete, renamed into place (may be called more than once:
-        each call publishes what came since the last)."""
-        try:
-            self.flush()
-        except BaseException:
-            self.discard()  # a figure that failed leaves no file behind, nor do the others
-            raise
-        done = []
-        for tmp, final in self._pending:
-            os.replace(tmp, final)
-            done.append(final)
-            self._committed.add(final.name)
-        self._pending.clear()
-        return done
-
     def discard(self) -> None:
         self._jobs.clear()
         if self._sent:  # figures may still be drawn into our temp files: stop that before removing them
             drawing.stop()
             self._sent.clear()
-        for tmp, _ in self._pending:
-            tmp.unlink(missing_ok=True)
-        self._pending.clear()
-
-    def __enter__(self) -> "OutputSet":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
+        super().discard()
