@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from typer.testing import CliRunner
 from safetensors.torch import save_file
+from typer.testing import CliRunner
 
 from trajcli.cli import app
 

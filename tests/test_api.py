@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import explicit_matrix, random_trajectory, run_json, save_safetensors_dir
 
 import trajcli
-from helpers import explicit_matrix, random_trajectory, run_json, save_safetensors_dir
 from trajcli import pipeline
 from trajcli.demo import make_demo_trajectory
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from arch_models import reference_models, transformers_models
+
 from trajcli.arch.families import detect_family, family_by_name, load_families, parse_family
 from trajcli.arch.grouping import hidden_size_from, qkv_tensors
 from trajcli.arch.layouts import HeadCounts, axis_ranges

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import as_array, explicit_matrix, loads_strict, random_trajectory, run, run_json, save_safetensors_dir
 
 

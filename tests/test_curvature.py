@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from curvature_models import MLP
 from helpers import run, run_json
+from safetensors.torch import save_file
 
 
 def _save(folder, sd, config):

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import as_array, explicit_matrix, run
 from safetensors.torch import load_file
 
-from helpers import as_array, explicit_matrix, run
 from trajcli.demo import DEMO_CONFIG, TinyNeoX, make_demo_trajectory
 
 

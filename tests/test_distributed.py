@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from helpers import random_trajectory, run, save_nanogpt, save_safetensors_dir
 from test_qkv import write_trajectory
+
 from trajcli.engine.gram import accumulate
 from trajcli.errors import DataError, UsageError
 from trajcli.io.discover import discover_checkpoints
@@ -202,7 +202,7 @@ def test_workers_flag_forks_a_local_cluster_from_the_fork_server_with_one_thread
     np.testing.assert_allclose(np.array(json.loads(spread.stdout)["matrix"], float),
                                np.array(json.loads(alone.stdout)["matrix"], float), atol=1e-12)
     with pytest.raises(UsageError, match="--device cuda is for the pass in this process"):
-        from trajcli.cli import PassOptions, _read_pass  # noqa: F401
+        from trajcli.cli import PassOptions, _read_pass
 
         _read_pass([str(tmp_path / "run")], Selection(), None, PassOptions(device="cuda", workers=2))
     client = connect(None, 2)

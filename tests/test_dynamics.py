@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from helpers import run, run_json, save_lightning, save_nanogpt, save_safetensors_dir, write_trainer_state
 
 

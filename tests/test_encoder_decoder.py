@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-
 from helpers import as_array, run, run_json
+from safetensors import safe_open
 
 
 @pytest.fixture(scope="module")

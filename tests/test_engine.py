@@ -7,10 +7,10 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+from helpers import explicit_matrix, flatten, random_trajectory, save_safetensors_dir
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import explicit_matrix, flatten, random_trajectory, save_safetensors_dir
 from trajcli.engine.gram import accumulate
 from trajcli.io.discover import discover_checkpoints
 from trajcli.io.inventory import Selection, take_inventory

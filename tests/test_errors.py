@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import random_trajectory, run, save_hub_sharded, save_safetensors_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import random_trajectory, run, save_hub_sharded, save_safetensors_dir
 from trajcli.report.writers import OutputSet
 
 
@@ -176,7 +176,6 @@ def test_nan_and_inf_warn_and_null_the_affected_entries(tmp_path):
 
 def test_strict_refuses_nan_in_qkv_and_curvature(tmp_path):
     from safetensors.torch import load_file, save_file
-
     from test_qkv import write_trajectory
 
     write_trajectory("gpt_neox", tmp_path / "run", n=3, seed=1)

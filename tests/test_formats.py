@@ -8,9 +8,19 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from helpers import (as_array, explicit_matrix, random_trajectory, run_json, save_deepspeed, save_hub_cache,
-                     save_hub_sharded, save_lightning, save_nanogpt, save_safetensors_dir, write_trainer_state)
+from helpers import (
+    as_array,
+    explicit_matrix,
+    random_trajectory,
+    run_json,
+    save_deepspeed,
+    save_hub_cache,
+    save_hub_sharded,
+    save_lightning,
+    save_nanogpt,
+    save_safetensors_dir,
+    write_trainer_state,
+)
 
 STEPS = [0, 20, 100, 1000]  # as text, "checkpoint-100" < "checkpoint-20": the order must be numeric
 MODES = ("raw", "displacement", "update")

@@ -7,9 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
-
 from helpers import as_array, explicit_matrix, random_trajectory, run, run_json, save_safetensors_dir
 from test_qkv import write_trajectory
+
 from trajcli.io import sources
 
 

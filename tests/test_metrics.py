@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers import as_array, explicit_matrix, flatten, random_trajectory, run_json, save_safetensors_dir
+
 from trajcli.metrics import trajectory as tm
 
 

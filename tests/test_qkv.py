@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from arch_models import reference_models, transformers_models
 from helpers import as_array, run, run_json
+from safetensors.torch import save_file
+
 from trajcli.arch.families import family_by_name
 from trajcli.arch.grouping import hidden_size_from, qkv_tensors
 from trajcli.arch.layouts import HeadCounts, axis_ranges

@@ -8,7 +8,6 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from helpers import as_array, explicit_matrix, run, run_json
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency (pip install -e '.[test]')")

@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import as_array, run, run_json, write_trainer_state
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from helpers import as_array, run, run_json, write_trainer_state
 
 
 def _bert_base_and_finetune(root, steps=(5, 10)):

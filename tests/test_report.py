@@ -10,9 +10,9 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from helpers import random_trajectory, run, run_json, save_safetensors_dir
 from test_qkv import write_trajectory
+
 from trajcli.io import sources
 
 EXPECTED = {"similarity_raw", "similarity_displacement", "similarity_update"}

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from helpers import random_trajectory, run, run_json, save_safetensors_dir
 from test_qkv import write_trajectory
+
 from trajcli.engine import gram
 from trajcli.io import sources
 from trajcli.io.discover import discover_checkpoints

@@ -9,6 +9,6 @@ See docs/api.md; the command line (`trajcli --help`) is a thin skin over the sam
 
 __version__ = "0.1.0"
 
-from trajcli.api import CheckpointInfo, Run, open  # noqa: E402 - after __version__, which the modules read
+from trajcli.api import CheckpointInfo, Run, open
 
 __all__ = ["CheckpointInfo", "Run", "open", "__version__"]

@@ -10,6 +10,6 @@ if getattr(trajcli, "__file__", None) is None:
           "current folder first)\n  hint: run it from another folder, or use the trajcli command", file=sys.stderr)
     sys.exit(2)
 
-from trajcli.launch import main  # noqa: E402 - after the check above
+from trajcli.launch import main
 
 main()

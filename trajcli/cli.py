@@ -9,10 +9,10 @@ from __future__ import annotations
 import errno
 import functools
 import math
-from dataclasses import dataclass
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 

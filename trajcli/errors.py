@@ -34,5 +34,5 @@ class Terminated(BaseException):
     temp files) and exits 130 as it does for Ctrl-C."""
 
 
-def raise_terminated(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def raise_terminated(signum, frame) -> None:
     raise Terminated

@@ -12,9 +12,9 @@ from trajcli.engine.gram import GramSet, accumulate, itemsize
 from trajcli.engine.journal import PassJournal
 from trajcli.engine.store import check_unchanged
 from trajcli.errors import UsageError
-from trajcli.options import PassOptions
 from trajcli.io.discover import discover_checkpoints
 from trajcli.io.inventory import Inventory, Selection, take_inventory
+from trajcli.options import PassOptions
 
 
 def load_inventory(paths: list[str], selection: Selection, min_checkpoints: int = 2) -> Inventory:
@@ -75,8 +75,7 @@ def progress_bar(total: int, quiet: bool, what: str = "reading", unit: str = "by
         lines.close()
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     counts = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(), unit)
     with Progress(what, BarColumn(), *counts, TimeRemainingColumn(), console=Console(stderr=True),

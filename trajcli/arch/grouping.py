@@ -332,12 +332,12 @@ def plan_qkv(tensors: list[TensorSpec], family: Family, heads: HeadCounts | None
             if not part_leaves:
                 raise DataError(f"{layer_name(layer)} of {family.name} has no {part.upper()} weight",
                                 "the checkpoint does not follow this layout; check --arch")
-            plan.groups.append(Group(f"{layer_name(layer)}.{part}", "part", layer, [l for l, _ in part_leaves],
+            plan.groups.append(Group(f"{layer_name(layer)}.{part}", "part", layer, [leaf for leaf, _ in part_leaves],
                                      sum(n for _, n in part_leaves), part=part))
             if per_head:
                 for k in keys:
                     leaves = [(leaf, n) for leaf, param, n in index[k] if include_bias or param != "bias"]
-                    plan.groups.append(Group(f"{layer_name(layer)}.{part}.h{k[2]}", "head", layer, [l for l, _ in leaves],
+                    plan.groups.append(Group(f"{layer_name(layer)}.{part}.h{k[2]}", "head", layer, [leaf for leaf, _ in leaves],
                                              sum(n for _, n in leaves), part=part, head=k[2]))
     return plan, layers
 

@@ -86,7 +86,8 @@ class Objective:
         try:
             yield hvp
         finally:
-            del grads, live, loss
+            live.clear()  # the gradient's graph goes with it
+            del grads, loss
 
 
 def rademacher(n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:

@@ -20,9 +20,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from trajcli.arch.grouping import Segment
-from trajcli.engine.gram import (DEFAULT_MEMORY_BUDGET, GramSet, _Chunk, _difference_in_place, _NumpyProducts,
-                                 _plan_chunks, _products_without_nonfinite, _read_chunk, add_parts, chunk_bytes,
-                                 chunk_elems_for, finish_gramset, resume_from, tensor_finished)
+from trajcli.engine.gram import (
+    DEFAULT_MEMORY_BUDGET,
+    GramSet,
+    _Chunk,
+    _difference_in_place,
+    _NumpyProducts,
+    _plan_chunks,
+    _products_without_nonfinite,
+    _read_chunk,
+    add_parts,
+    chunk_bytes,
+    chunk_elems_for,
+    finish_gramset,
+    resume_from,
+    tensor_finished,
+)
 from trajcli.engine.journal import PassJournal, kept_on_failure
 from trajcli.errors import DataError, UsageError
 from trajcli.io.discover import Checkpoint
@@ -123,7 +136,7 @@ def _client_within(client_class, address: str, timeout_s: float):
     def attempt() -> None:
         try:
             outcome["client"] = client_class(address, timeout=f"{timeout_s}s")
-        except BaseException as exc:  # noqa: BLE001 - whatever a wrong peer makes Dask raise, said below
+        except BaseException as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=attempt, name="trajcli-connect", daemon=True)

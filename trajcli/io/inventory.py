@@ -8,8 +8,7 @@ from pathlib import Path
 
 from trajcli.errors import DataError, UsageError
 from trajcli.io.align import find_alignment
-from trajcli.io.discover import (Checkpoint, Discovery, discover_checkpoints, order_checkpoints, select_checkpoints,
-                                 step_from_name)
+from trajcli.io.discover import Checkpoint, Discovery, discover_checkpoints, order_checkpoints, select_checkpoints, step_from_name
 from trajcli.io.sources import CheckpointReader, open_checkpoint
 
 

@@ -132,13 +132,13 @@ def _drain(jobs, lock, reply) -> None:
         try:
             fn(*args)
             answer = None
-        except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
+        except BaseException as exc:
             answer = (exc, traceback.format_exc())
         try:
             reply.send((number, answer))
         except (EOFError, OSError):
             return
-        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text, then
+        except Exception:
             reply.send((number, (RuntimeError(f"{type(answer[0]).__name__}: {answer[0]}"), answer[1])))
 
 
@@ -263,7 +263,7 @@ def draw(jobs: list[tuple]) -> None:
         code = 0
         try:
             drain()
-        except BaseException:  # noqa: BLE001 - reported by the parent through the exit status
+        except BaseException:
             traceback.print_exc()
             code = 1
         finally:

@@ -10,8 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from trajcli import __version__
-from trajcli.analysis import (LAYERS_SCHEMA, QKV_BACKGROUND, QKV_SCHEMA, SIMILARITY_SCHEMA, checkpoints_json,
-                              layer_label, qkv_findings)
+from trajcli.analysis import (
+    LAYERS_SCHEMA,
+    QKV_BACKGROUND,
+    QKV_SCHEMA,
+    SIMILARITY_SCHEMA,
+    checkpoints_json,
+    layer_label,
+    qkv_findings,
+)
 from trajcli.errors import DataError, UsageError
 from trajcli.io.inventory import Inventory
 from trajcli.report import plots
