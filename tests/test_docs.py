@@ -39,3 +39,71 @@ def test_no_file_points_outside_the_repository():
             if outside.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{number}")
     assert found == []
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "RESULTS.md"]
+
+
+def test_every_relative_link_and_image_resolves():
+    broken = []
+    for page in DOCS:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)  # code is not links
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://|mailto:|#", target):
+                continue
+            if not (page.parent / target.split("#")[0]).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []
+
+
+def _shown_commands() -> list[tuple[str, str, list[str]]]:
+    """(page, command, flags) for every `trajcli COMMAND …` the docs show, in code blocks and spans."""
+    from trajcli.cli import app
+
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    shown = []
+    for page in DOCS:
+        text = page.read_text(encoding="utf-8")
+        for line in re.findall(r"```.*?```|`[^`\n]+`", text, flags=re.S):
+            for match in re.finditer(r"\btrajcli ([a-z]+)([^\n`|]*)", line):
+                if match.group(1) in commands:
+                    shown.append((page.name, match.group(1), re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", match.group(2))))
+    return shown
+
+
+def test_every_command_and_flag_shown_in_the_docs_exists():
+    from helpers import run
+
+    shown = _shown_commands()
+    assert len(shown) > 50  # the pages do show the commands
+    helps, missing = {}, []
+    root = run(["--help"]).stdout
+    for page, command, flags in shown:
+        if command not in helps:
+            helps[command] = run([command, "--help"]).stdout
+        for flag in flags:
+            if flag not in helps[command] and flag not in root:
+                missing.append(f"{page}: trajcli {command} {flag}")
+    assert missing == []
+
+
+def test_the_docs_define_what_a_newcomer_asks():
+    """Where to find MDS, how to add an architecture, the API snippet, and a field table per schema."""
+    measures = (ROOT / "docs" / "measures.md").read_text()
+    assert "## Mean directional similarity (MDS, ω)" in measures and "arXiv:2403.07379" in measures
+    assert "## How to add an architecture" in (ROOT / "docs" / "architectures.md").read_text()
+    assert 'trajcli.open("runs/out")' in (ROOT / "docs" / "api.md").read_text()
+    outputs = (ROOT / "docs" / "outputs.md").read_text()
+    from trajcli import analysis
+
+    for schema in (analysis.SIMILARITY_SCHEMA, analysis.LAYERS_SCHEMA, analysis.QKV_SCHEMA, analysis.DYNAMICS_SCHEMA,
+                   analysis.CURVATURE_SCHEMA, analysis.REPORT_SCHEMA):
+        assert f"### `{schema}`" in outputs, schema
+
+
+def test_the_readme_is_a_front_door():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    diary = re.compile(r"afternoon|evening|last time|last timed|this session|previous session|yesterday", re.I)
+    for page in DOCS:
+        assert not diary.search(page.read_text(encoding="utf-8")), page

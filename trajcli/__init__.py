@@ -7,7 +7,7 @@
 
 See docs/api.md; the command line (`trajcli --help`) is a thin skin over the same pipeline."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from trajcli.api import CheckpointInfo, Run, open
 

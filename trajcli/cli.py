@@ -823,7 +823,7 @@ def demo(
 
     Writes FOLDER/checkpoints/step*/ (sharded safetensors + config.json), FOLDER/tokens.npy (held-out
     sequences for the curvature) and then runs `trajcli report` on them into FOLDER/report/ (open
-    report.html), curvature included (the README says how long it takes); an existing complete
+    report.html), curvature included (benchmarks/RESULTS.md says how long it takes); an existing complete
     trajectory in FOLDER is reused. Example:
 
       trajcli demo && trajcli inspect trajcli-demo/checkpoints

@@ -1,7 +1,7 @@
 """Where Q, K and V (and each head) sit along the Q/K/V axis of an attention projection.
 
 Each layout returns contiguous ranges (start, stop, part, head) of length head_dim that cover the axis
-exactly, following the model's own forward pass (the README's Q/K/V layout table). The expected length is
+exactly, following the model's own forward pass (docs/architectures.md). The expected length is
 checked against the stored shape before anything is read.
 """
 

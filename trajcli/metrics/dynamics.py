@@ -1,6 +1,6 @@
 """Dynamics of weights on a sphere: norms, angular steps, effective learning rate, and a heuristic
 verdict on the regime of scale-invariant weights — pure numpy functions of a basis Gram and the
-checkpoints' steps (definitions: docs in the README, "dynamics")."""
+checkpoints' steps (definitions: docs/measures.md, "Dynamics")."""
 
 from __future__ import annotations
 

@@ -160,7 +160,7 @@ def finite_or_none(values) -> list:
 
 
 def lengths_and_bends(basis: np.ndarray, reference_idx: int = 0, bad_ckpts: set[int] = frozenset()) -> dict:
-    """Norms, distances, angles, path length, straightness, turning angles, cone apex (defined in the README's similarity section)."""
+    """Norms, distances, angles, path length, straightness, turning angles, cone apex (defined in docs/measures.md)."""
     n = basis.shape[0]
     raw = mode_vectors(basis, "raw", bad_ckpts=bad_ckpts)
     disp = mode_vectors(basis, "displacement", reference_idx, bad_ckpts, keep_reference=True)
