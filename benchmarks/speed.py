@@ -12,7 +12,7 @@ config.json — then times, as separate processes on a warm page cache (one unti
 
 for N = 8 and N = 16, and reports medians of --repeat runs, GB/s of checkpoint data, the ratios that
 matter, and the peak anonymous memory (RssAnon) of each process, with that of its child processes
-(report's drawing process, the Dask workers) beside it.
+(the Dask workers) beside it.
 
     python benchmarks/speed.py [--repeat 3] [--workdir DIR] [--skip-pairwise]
 """
@@ -87,15 +87,9 @@ print(cos.mean())
 '''
 
 
-# The start-up of a command that draws, before any work: the drawing process forked at once imports
-# matplotlib (as `trajcli` forks it) while this process imports what the command imports; it ends
-# when both are ready (the drawing process has answered an empty job).
-STARTUP = ("import os\n"
-           "from trajcli.report import drawing\n"
-           "drawing.start()\n"
-           "import trajcli.cli, trajcli.analysis, trajcli.report.render\n"
-           "drawing.run([(os.getpid, ())])\n"
-           "drawing.stop()\n")
+# The start-up of a command that draws, before any work: what it imports (trajcli's modules and
+# matplotlib, which the first figure loads).
+STARTUP = "import trajcli.cli, trajcli.analysis, trajcli.report.render, trajcli.report.plots\ntrajcli.report.plots._pyplot()\n"
 
 
 def build(folder: Path, n_ckpt: int) -> int:
@@ -212,8 +206,7 @@ def main() -> None:
                 commands["workers"] = commands["similarity"] + ["--workers", str(args.workers)]
             row = {"data_gb": data_gb, **timed(commands, args.repeat)}
             # A second command on the folder `report` wrote: it answers from grams.npz (and draws its heatmap),
-            # against the start-up of such a command: what it imports before any work, with its drawing
-            # process importing matplotlib beside it (STARTUP).
+            # against the start-up of such a command: what it imports before any work (STARTUP).
             again = timed({"reuse": [py, "-m", "trajcli", "similarity", str(folder), "--quiet", "--out", str(out),
                                      "--mode", "update"],
                            "startup": [py, "-c", STARTUP]},
@@ -238,7 +231,7 @@ def main() -> None:
                 print(f"  similarity --workers {args.workers} / similarity = {ratio('workers', 'similarity')}"
                       " (peak RssAnon: the driver process only)")
             print(f"  reusing saved Grams: {row['reuse_s']:.2f} s, of which start-up {row['startup_s']:.2f} s"
-                  " (imports, and matplotlib's in the drawing process)")
+                  " (imports, matplotlib's included)")
             if "pairwise" in row:
                 print(f"  pairwise / similarity = {row['pairwise'][0] / row['similarity'][0]:.1f}")
             shutil.rmtree(folder)

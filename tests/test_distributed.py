@@ -224,18 +224,12 @@ def test_workers_flag_forks_a_local_cluster_from_the_fork_server_with_one_thread
         cluster.close()
 
 
-def test_the_entry_point_starts_the_fork_server_only_for_local_workers():
+def test_the_fork_server_preloads_what_workers_need_and_not_torch():
     from trajcli.engine import forkserver
-    from trajcli.launch import wants_workers
 
-    assert wants_workers(["similarity", "run/", "--workers", "2"]) and wants_workers(["report", "run/", "--workers=2"])
-    assert not wants_workers(["similarity", "run/"]) and not wants_workers(["similarity", "--workers", "2", "--help"])
-    assert not wants_workers(["similarity", "run/", "--scheduler", "tcp://h:8786"])  # remote workers: none here
-    # what the workers import once, in the server (not torch: safetensors rows need none); its quick
-    # exit last (its handler then runs first)
+    # what the workers import once, in the server (not torch: safetensors rows need none)
     assert {"distributed", "trajcli.engine.distributed"} <= set(forkserver.PRELOAD)
     assert "torch" not in forkserver.PRELOAD
-    assert forkserver.PRELOAD[-1] == "trajcli.engine.forkserver_exit"
 
 
 def test_small_chunks_share_tasks_in_order(tmp_path):

@@ -334,7 +334,6 @@ def test_python_m_trajcli_beside_a_clone_named_trajcli_says_what_hides_it(tmp_pa
 def test_a_stop_while_trajcli_starts_up_exits_130_with_one_line(monkeypatch, capsys, stop):
     """SIGTERM or Ctrl-C while the modules still load (before any command runs) ends as later:
     exit 130 and one line, not 143 or a KeyboardInterrupt traceback."""
-    import gc
 
     from trajcli import launch
 
@@ -353,7 +352,6 @@ def test_a_stop_while_trajcli_starts_up_exits_130_with_one_line(monkeypatch, cap
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
-        gc.unfreeze()
     assert stopped.value.code == 130
     assert capsys.readouterr().err == "trajcli: interrupted\n"
     assert exiting == signal.SIG_IGN  # a second Ctrl-C cannot break into the exit handlers

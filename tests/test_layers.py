@@ -159,8 +159,8 @@ def test_plot_redraws_and_overlays_without_checkpoints(tmp_path):
 
 
 def test_curve_figures_get_the_documents_without_their_maps(tmp_path, monkeypatch):
-    """The drawing process is sent what each figure draws: the MDS curves and bars get no N × N maps
-    (a long run's would be pickled by the megabyte), the map grids get every map, NaN where null."""
+    """Each figure gets what it draws: the MDS curves and bars get no N × N maps (a long run's are
+    hundreds of megabytes), the map grids get every map, NaN where null."""
     from trajcli.report import drawing
 
     write_trajectory("gpt_neox", tmp_path / "run")
@@ -170,8 +170,6 @@ def test_curve_figures_get_the_documents_without_their_maps(tmp_path, monkeypatc
         save_safetensors_dir(tmp_path / "frozen" / f"step{k}", {**sd, "embed.weight": sds[0]["embed.weight"]})
     assert run(["layers", tmp_path / "frozen", "--by", "tensor", "--mode", "update", "--out", tmp_path / "out"]).exit_code == 0
     sent = []
-    monkeypatch.setattr(drawing, "submit", lambda plot, args: sent.append((plot.__name__, args)))
-    monkeypatch.setattr(drawing, "wait", lambda numbers: None)
     monkeypatch.setattr(drawing, "run", lambda jobs: sent.extend((plot.__name__, args) for plot, args in jobs))
     result = run(["plot", tmp_path / "out" / "layers.json", tmp_path / "out" / "qkv.json", "--out", tmp_path / "plots"])
     assert result.exit_code == 0, result.stderr

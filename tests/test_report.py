@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -133,207 +132,22 @@ def test_page_renders_in_headless_chromium(neox_report, tmp_path):
     assert f"{head['mds_displacement']:.4f}" in dom and "Q/K/V heterogeneity" in dom
 
 
-def _write_pid(path, content):
-    import os
-    import time
-
-    time.sleep(0.02)  # long enough for the forked process to take its share
-    with open(path, "a") as f:  # appended: a job run twice leaves two lines
-        f.write(f"{content} {os.getpid()}\n")
-
-
-def _fail_in_child(path, parent):
-    import os
-
-    if os.getpid() != parent:
-        raise ValueError("this plot fails")
-    _write_pid(path, 0)
-
-
-def _drawers_of(paths) -> set[str]:
-    """The processes that drew the `_write_pid` jobs numbered 0, 1, … into `paths`, each checked drawn
-    exactly once with its own arguments."""
-    lines = [p.read_text().splitlines() for p in paths]
-    assert all(len(found) == 1 for found in lines)  # every job exactly once
-    written = [found[0].split() for found in lines]
-    assert [int(w[0]) for w in written] == list(range(len(paths)))  # each with its own arguments
-    return {w[1] for w in written}
-
-
-def test_plotting_jobs_each_run_once_across_two_processes(tmp_path, monkeypatch):
-    import os
-
-    from trajcli.report import drawing
-
-    monkeypatch.setattr(drawing.os, "cpu_count", lambda: 2)
-    paths = [tmp_path / f"plot{i}.txt" for i in range(9)]
-    drawing.draw([(_write_pid, (p, i)) for i, p in enumerate(paths)])
-    assert len(_drawers_of(paths)) == 2  # this process and a forked one
-    with pytest.raises(RuntimeError, match="plotting process failed"):  # a job failing in the child
-        drawing.draw([(_fail_in_child, (tmp_path / "x", os.getpid()))] * 20)
-
-
-def _pid_and_args(path, content):
-    import os
-
-    path.write_text(f"{content} {os.getpid()}")
-
-
-def test_a_started_drawing_process_draws_every_job_once_and_reports_a_failure(tmp_path):
-    import multiprocessing
-    import os
-
-    from trajcli.report import drawing
-
-    assert drawing.start()
-    try:
-        paths = [tmp_path / f"plot{i}.txt" for i in range(9)]
-        drawing.run([(_write_pid, (p, i)) for i, p in enumerate(paths)])
-        drawers = _drawers_of(paths)
-        assert str(os.getpid()) not in drawers and len(drawers) <= drawing.DRAWERS
-        with pytest.raises(ValueError, match="this plot fails"):  # raised here, with its own type
-            drawing.run([(_fail_in_child, (tmp_path / "x", os.getpid()))])
-    finally:
-        drawing.stop()
-    assert multiprocessing.active_children() == []
-
-
-def test_a_drawing_process_that_died_fails_the_run_with_a_message(tmp_path):
-    import multiprocessing
-    import os
-    import signal
-
-    from trajcli.report import drawing
-
-    assert drawing.start()
-    try:
-        os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
-        with pytest.raises(RuntimeError, match="drawing process ended unexpectedly"):
-            drawing.run([(_pid_and_args, (tmp_path / "p.txt", 0))])
-    finally:
-        drawing.stop()
-    assert multiprocessing.active_children() == [] and not (tmp_path / "p.txt").exists()
-
-
-def _after_flag(path, flag, payload=None):
-    import time
-
-    deadline = time.monotonic() + 30
-    while not flag.exists():  # created by the test only after every `submit` has returned
-        if time.monotonic() > deadline:
-            raise TimeoutError("the caller waited for the drawers before going on")
-        time.sleep(0.01)
-    path.write_text(f"drawn {0 if payload is None else payload.size}")
-
-
-def test_submitted_figures_are_drawn_while_the_caller_goes_on(tmp_path):
-    import multiprocessing
-
-    from trajcli.report import drawing
-
-    assert drawing.start()
-    try:
-        flag = tmp_path / "flag"
-        paths = [tmp_path / f"plot{i}.txt" for i in range(drawing.DRAWERS + 2)]
-        # every drawer busy, then a job larger than a pipe holds: `submit` still returns at once
-        numbers = [drawing.submit(_after_flag, (p, flag, np.zeros(200_000) if i > drawing.DRAWERS else None))
-                   for i, p in enumerate(paths)]
-        flag.write_text("go")  # the caller's next work: the jobs can only finish after it
-        drawing.wait(numbers)
-        assert [p.read_text() for p in paths] == ["drawn 0"] * (drawing.DRAWERS + 1) + ["drawn 200000"]
-    finally:
-        drawing.stop()
-    assert multiprocessing.active_children() == []
-
-
-def test_a_drawing_process_stopped_at_once_ends():
-    import multiprocessing
-
-    from trajcli.report import drawing
-
-    for _ in range(5):  # stopped before it leads its own process group, or while importing matplotlib
-        assert drawing.start()
-        drawing.stop()
-    assert multiprocessing.active_children() == []
-
-
-def _mark_then_block(folder):
-    import time
-
-    (folder / str(os.getpid())).write_text("")  # this drawer holds a job now
-    time.sleep(60)
-
-
-def test_a_drawer_that_died_holding_a_figure_fails_the_run_with_a_message(tmp_path):
-    import multiprocessing
-    import signal
-    import time
-
-    from trajcli.report import drawing
-
-    assert drawing.start()
-    try:
-        server = multiprocessing.active_children()[0].pid
-        numbers = [drawing.submit(_mark_then_block, (tmp_path,)) for _ in range(drawing.DRAWERS)]
-        deadline = time.monotonic() + 30
-        while len(list(tmp_path.iterdir())) < drawing.DRAWERS and time.monotonic() < deadline:
-            time.sleep(0.05)
-        helper = next(int(p.name) for p in tmp_path.iterdir() if int(p.name) != server)
-        os.kill(helper, signal.SIGKILL)  # the forked helper, in the middle of its figure
-        with pytest.raises(RuntimeError, match="drawing process ended unexpectedly"):
-            drawing.wait(numbers)
-    finally:
-        drawing.stop()
-    assert multiprocessing.active_children() == []
-
-
-def test_an_interrupted_output_set_stops_the_figures_it_sent(tmp_path):
-    import time
-
-    from trajcli.report import drawing
-    from trajcli.report.writers import OutputSet
-
-    out = tmp_path / "out"
-    out.mkdir()
-    assert drawing.start()
-    try:
-        with pytest.raises(KeyError):
-            with OutputSet(out) as files:
-                files.draw("late.txt", _slow_write)  # sent at once, drawn for 3 s
-                files.text("result.json", "{}")
-                raise KeyError("the command failed while the figure was being drawn")
-        time.sleep(3.5)  # the figure would have been written by now
-        assert list(out.iterdir()) == []
-    finally:
-        drawing.stop()
-
-
-def test_the_entry_point_starts_drawing_early_only_for_commands_that_draw():
-    from trajcli.launch import will_draw
-
-    assert will_draw(["report", "run/", "--out", "o"]) and will_draw(["similarity", "run/", "-o", "o"])
-    assert will_draw(["--debug", "layers", "run/", "--out=o"]) and will_draw(["qkv", "run/", "-oo"])
-    assert will_draw(["demo"]) and will_draw(["plot", "a.json"])
-    assert not will_draw(["similarity", "run/"])  # no --out: no figure
-    assert not will_draw(["similarity", "run/", "--on-mismatch", "skip"])  # not -o
-    assert not will_draw(["inspect", "run/", "--out", "o"]) and not will_draw(["report", "--help"])
-    assert not will_draw(["report", "run/", "--out", "o", "--workers", "2"])  # see trajcli.cli._read_pass
-    assert not will_draw([]) and not will_draw(["--version"])
+def _failing_plot(path):
+    path.write_text("half a figure")
+    raise ValueError("this plot fails")
 
 
 def test_a_failed_figure_leaves_no_file_in_the_output_folder(tmp_path):
-    import os
-
     from trajcli.report.writers import OutputSet
 
     with pytest.raises(ValueError, match="this plot fails"):
         with OutputSet(tmp_path) as files:
             files.text("result.json", "{}")
-            files.draw("plot.png", _fail_in_child, os.getpid() + 1)  # fails: not the recorded pid
+            files.draw("plot.png", _failing_plot)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_cli_stops_its_drawing_process(tmp_path):
+def test_figures_are_drawn_in_the_command_itself(tmp_path):
     import multiprocessing
 
     write_trajectory("gpt_neox", tmp_path / "run", n=3, seed=2)
@@ -361,60 +175,6 @@ def test_log_axis_labels_are_plain_text_not_mathtext(tmp_path):
     # A checkpoint named like a formula is drawn as its name (mathtext would fail on this one).
     plots.trajectory_map(tmp_path / "map.png", np.eye(2), [r"$\frac{$", "b"], "a $\\bad$ title")
     assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_the_drawing_process_ends_when_its_parent_is_killed():
-    import os
-    import signal
-    import sys
-    import time
-
-    code = ("import multiprocessing, os, signal\n"
-            "from trajcli.report import drawing\n"
-            "drawing.start()\n"
-            "print(multiprocessing.active_children()[0].pid, flush=True)\n"
-            "os.kill(os.getpid(), signal.SIGKILL)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    child = int(proc.stdout.split()[0])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(child, signal.SIGKILL)
-    pytest.fail("the drawing process outlived its killed parent")
-
-
-def _slow_write(path):
-    import time
-
-    time.sleep(3)
-    path.write_text("drawn after the interruption")
-
-
-def test_ctrl_c_while_figures_are_drawn_stops_the_drawing_at_once(tmp_path):
-    import multiprocessing
-    import os
-    import signal
-    import threading
-    import time
-
-    from trajcli.report import drawing
-
-    assert drawing.start()
-    paths = [tmp_path / f"late{i}.txt" for i in range(4)]  # SPLIT_FROM jobs: the helper draws too
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            drawing.run([(_slow_write, (p,)) for p in paths])
-    finally:
-        drawing.stop()
-    assert multiprocessing.active_children() == []
-    time.sleep(3.5)  # the drawing process and its helper would have written by now
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_map_grid_tiles_of_a_long_run_are_evenly_picked_entries(tmp_path, monkeypatch):
@@ -445,7 +205,7 @@ def test_map_grid_tiles_of_a_long_run_are_evenly_picked_entries(tmp_path, monkey
 
 def test_a_two_checkpoint_report_says_only_what_trajcli_says_on_stderr(tmp_path):
     """Two checkpoints: every map of displacement and update has one vector and no MDS, so whole
-    figures have nothing to draw; stderr (the drawing processes' too) holds trajcli's own lines only,
+    figures have nothing to draw; stderr holds trajcli's own lines only,
     no library warning."""
     import sys
 
@@ -537,3 +297,48 @@ def test_the_page_states_the_runs_own_qkv_findings_and_marks_the_background(neox
         assert f"<p class='finding'>{html_module.escape(sentence)}</p>" in page
     assert html_module.escape(QKV_BACKGROUND) in page and QKV_BACKGROUND.startswith("Background from the literature")
     assert "In smaller LLMs the three curves separate" not in page
+
+
+def _pid_into(path):
+    import os
+    import signal
+
+    path.write_text(f"{os.getpid()} {signal.getsignal(signal.SIGINT) == signal.SIG_IGN}")
+
+
+def _slow_into(path):
+    import time
+
+    time.sleep(1.5)
+    path.write_text("drawn late")
+
+
+def test_a_drawer_draws_beside_the_command_and_a_failure_leaves_nothing(tmp_path):
+    """report's Drawer: every figure drawn once, by a worker process that leaves Ctrl-C to the command;
+    a failed figure fails the commit and no file is left; an error while a figure is being drawn waits
+    for it, so nothing is written into the folder after its files were removed."""
+    import os
+
+    from trajcli.report.drawing import Drawer
+    from trajcli.report.writers import OutputSet
+
+    with Drawer() as drawer:
+        (tmp_path / "ok").mkdir()
+        with OutputSet(tmp_path / "ok", drawer) as files:
+            for i in range(4):
+                files.draw(f"f{i}.txt", _pid_into)
+        drawn = [(tmp_path / "ok" / f"f{i}.txt").read_text().split() for i in range(4)]
+        assert all(pid != str(os.getpid()) and ignores == "True" for pid, ignores in drawn)
+        (tmp_path / "bad").mkdir()
+        with pytest.raises(ValueError, match="this plot fails"):
+            with OutputSet(tmp_path / "bad", drawer) as files:
+                files.text("result.json", "{}")
+                files.draw("plot.png", _failing_plot)
+        assert list((tmp_path / "bad").iterdir()) == []
+        (tmp_path / "stopped").mkdir()
+        with pytest.raises(KeyError):
+            with OutputSet(tmp_path / "stopped", drawer) as files:
+                files.draw("late.txt", _slow_into)
+                files.text("result.json", "{}")
+                raise KeyError("the command failed while the figure was being drawn")
+        assert list((tmp_path / "stopped").iterdir()) == []

@@ -94,9 +94,8 @@ def handles_errors(fn):
             raise typer.Exit(1) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
-            from trajcli.report import drawing, writers
+            from trajcli.report import writers
 
-            drawing.stop()
             writers.release_out_dirs()
 
     return wrapper
@@ -124,14 +123,6 @@ def _folder(value: str) -> Path:
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", parser=_folder, help="Write result files into this folder (created if needed).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings on stderr.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 1 when weights hold NaN/Inf values.")]
-def _start_drawing() -> None:
-    """Plots follow: fork the drawing process now (if `main` has not already), so that matplotlib
-    loads in it while this process reads (see trajcli.report.drawing)."""
-    from trajcli.report import drawing
-
-    drawing.start()
-
-
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture family (see 'trajcli archs') [default: detected].")]
 HeadsOpt = Annotated[Optional[int], typer.Option("--num-heads", min=1, help="Query heads [default: from config.json / model_args].")]
 KvHeadsOpt = Annotated[Optional[int], typer.Option("--num-kv-heads", min=1, help="Key/value heads (grouped-query attention) [default: from config, else = heads].")]
@@ -296,13 +287,12 @@ def _warn_all(messages: list[str], quiet: bool) -> None:
 
 
 def _read_pass(paths, selection, out, options, plan_for=None):
-    """pipeline.read_pass with this command line's messages on stderr and its drawing process."""
+    """pipeline.read_pass with this command line's messages on stderr."""
     from trajcli.pipeline import read_pass
 
     _check_choice(options.device, "--device", DEVICES)
     return read_pass(paths, selection, out, options, plan_for,
-                     notify=lambda message: None if options.quiet else typer.echo(f"trajcli: {message}", err=True),
-                     on_out_dir=None if options.workers is not None else _start_drawing)
+                     notify=lambda message: None if options.quiet else typer.echo(f"trajcli: {message}", err=True))
 
 
 @app.command()
@@ -584,18 +574,30 @@ def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_
                 loss_file=None) -> None:
     """The report flow, shared by `report` and `demo`: plan the finest cut, one pass (or saved Grams),
     every analysis, every file; with a `CurvatureRequest`, the curvature walk too."""
-    from trajcli.analysis import plan_report, report_result
-    from trajcli.io.lr import learning_rate_points
-    from trajcli.report import render
+    from trajcli.analysis import plan_report
+    from trajcli.report.drawing import Drawer
 
     def plan_for(inv):
         plans = plan_report(inv, arch, head_flags or {})
         return plans.segments, plans
 
+    # The drawing workers start now and import matplotlib while the pass reads; a dozen figures are
+    # then drawn beside the analyses (see trajcli.report.drawing)
+    with Drawer() as drawer:
+        _report_with(drawer, paths, out, selection, options, plan_for, plot_format, json_output, lr, lr_file, curvature,
+                     strict, loss_file)
+
+
+def _report_with(drawer, paths, out, selection, options, plan_for, plot_format, json_output, lr, lr_file, curvature,
+                 strict, loss_file) -> None:
+    from trajcli.analysis import report_result
+    from trajcli.io.lr import learning_rate_points
+    from trajcli.report import render
+
     inv, grams, out_dir, plans = _read_pass(paths, selection, out, options, plan_for)
     _refuse_nonfinite(strict, grams)
     points, source = learning_rate_points(inv, lr, lr_file)
-    with render.ReportWriter(out_dir, plot_format) as report:
+    with render.ReportWriter(out_dir, plot_format, drawer) as report:
         # each part's files are written, and its figures drawn, while the next part is computed
         result = report_result(inv, grams, plans, points, source, on_part=report.add, loss_file=loss_file)
         _warn_all(result["warnings"], options.quiet)
@@ -603,7 +605,6 @@ def _run_report(paths, out, selection, options: PassOptions, *, arch=None, head_
             from trajcli.analysis import curvature_headline
 
             report.publish()  # the pass's results are on disk while the curvature is measured
-
             result["curvature"], _, warnings = _measure_curvature(paths, selection, curvature, lr, lr_file,
                                                                   options.quiet)
             result["warnings"] += warnings  # on the page and in report.json with the others
@@ -738,8 +739,6 @@ def curvature(
                                    seed=seed, dtype=dtype, device=device)
     selection = _selection(every, max_checkpoints, steps, None, None, "error")
     request = CurvatureRequest(data, model, batch_size, seq_len, settings, momentum, strict)
-    if out is not None:
-        _start_drawing()
     doc, out_dir, _ = _measure_curvature(paths, selection, request, lr, lr_file, quiet, out)
     written = render.write(out_dir, render.add_curvature, doc, plot_format) if out_dir is not None else []
     if json_output:

@@ -158,7 +158,7 @@ def _local_client(n_workers: int):
     """A client of a local cluster of `n_workers` processes on this machine. Where the platform has a
     fork server (Linux, macOS) and DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD does not choose
     otherwise, the workers are forked from trajcli's (trajcli.engine.forkserver: Dask's worker and
-    trajcli's task code imported once, in a process the entry point started as the command began), so
+    trajcli's task code imported once), so
     each is ready in a fraction of a second, and no process imports torch for safetensors; else
     Dask's default (spawned workers). A worker Dask restarts later is spawned. One BLAS thread per
     worker (and one torch thread, if it needs torch), as Dask's spawned workers have

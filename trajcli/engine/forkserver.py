@@ -1,13 +1,11 @@
 """Where the workers of `--workers N` come from: a fork server (multiprocessing's, which Dask's local
 cluster can use) that has imported Dask's worker and trajcli's task code once.
 
-`start()` is called as early as possible (by the entry point, before it imports Typer and trajcli): the
-server is a fresh interpreter that imports those modules on another core while this process imports its
-own, and every worker is then forked from it, ready in a fraction of a second. Neither imports torch
-for safetensors checkpoints (rows are converted by numpy; see trajcli.io.sources), so the ~2 s of
-importing it is not paid at all; a worker that meets a torch file imports it then. The server is a
-plain single-threaded process (no inherited thread pools or file descriptors) and ends when this
-process does.
+`start()` is called when the local cluster is made: the server is a fresh interpreter that imports
+those modules once, and every worker is then forked from it, ready in a fraction of a second. Neither
+imports torch for safetensors checkpoints (rows are converted by numpy; see trajcli.io.sources); a
+worker that meets a torch file imports it then. The server is a plain single-threaded process (no
+inherited thread pools or file descriptors) and ends when this process does.
 
 Kept light: it imports nothing beyond the standard library.
 """
@@ -16,10 +14,10 @@ from __future__ import annotations
 
 import os
 
-# What a worker needs: Dask's worker and trajcli's task code (numpy, safetensors); then the server's
-# quick exit (see trajcli.engine.forkserver_exit). Not torch: a worker reads safetensors rows without
-# it, and imports it only for torch files (once per worker, when the first task opens one).
-PRELOAD = ["distributed", "trajcli.engine.distributed", "trajcli.io.sources", "trajcli.engine.forkserver_exit"]
+# What a worker needs: Dask's worker and trajcli's task code (numpy, safetensors). Not torch: a worker
+# reads safetensors rows without it, and imports it only for torch files (once per worker, when the
+# first task opens one).
+PRELOAD = ["distributed", "trajcli.engine.distributed", "trajcli.io.sources"]
 _METHOD_ENV = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 
 

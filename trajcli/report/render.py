@@ -220,9 +220,8 @@ def _mode_text(doc: dict) -> str:
 
 
 def _without_maps(doc: dict) -> dict:
-    """A layers or Q/K/V document less its maps: what a curve or bar figure needs. The drawing process
-    gets its arguments pickled, and a long run's maps are N × N floats per group (500 × 500 × 38 role
-    groups at N = 500)."""
+    """A layers or Q/K/V document less its maps: what a curve or bar figure needs (a long run's maps
+    are N × N floats per group: 500 × 500 × 38 role groups at N = 500)."""
     out = dict(doc)
     if "groups" in doc:
         out["groups"] = [{k: v for k, v in g.items() if k != "matrix"} for g in doc["groups"]]
@@ -424,21 +423,21 @@ def _add_report_part(files: OutputSet, result: dict, part: str, plot_format: str
 
 
 class ReportWriter:
-    """`trajcli report`'s files, written part by part as the analyses are ready (`add`), so that one
-    part's figures are drawn while the next part is computed; each part's files are renamed into
+    """`trajcli report`'s files, written part by part as the analyses are ready (`add`): with a drawer,
+    one part's figures are drawn while the next part is computed; each part's files are renamed into
     place once complete (`publish`, at the next `add`), and `finish` adds report.json and the
     self-contained report.html. Leaving the `with` block by an exception removes what was not yet
     published; no file is ever half-written. The page embeds the PNG or SVG plots; with --format pdf it
     embeds PNG twins drawn for it alone."""
 
-    def __init__(self, out: Path, plot_format: str = "png"):
+    def __init__(self, out: Path, plot_format: str = "png", drawer=None):
         import tempfile
 
         self.out, self.plot_format = out, plot_format
-        self.files = OutputSet(out)
+        self.files = OutputSet(out, drawer)
         self.written: list[str] = []
         self._twin_dir = tempfile.TemporaryDirectory() if plot_format == "pdf" else None
-        self._twin = OutputSet(Path(self._twin_dir.name)) if self._twin_dir else None
+        self._twin = OutputSet(Path(self._twin_dir.name), drawer) if self._twin_dir else None
         self._twin_names: list[str] = []
 
     def __enter__(self) -> "ReportWriter":
@@ -452,16 +451,15 @@ class ReportWriter:
 
     def add(self, result: dict, part: str) -> None:
         """The files of `result[part]` (similarity, layers_block, layers_role, dynamics, qkv or
-        curvature), its figures sent to be drawn; the parts added before are published first (their
-        figures were drawn while this part was computed)."""
+        curvature), its figures sent to be drawn; the parts added before are published first (with a
+        drawer, their figures were drawn while this part was computed)."""
         self.publish()
         self.written += _add_report_part(self.files, result, part, self.plot_format)
         if self._twin is not None:
             self._twin_names += _add_report_part(self._twin, result, part, "png")
 
     def publish(self) -> None:
-        """Every part added so far, its figures drawn, renamed into place: a long report shows each
-        analysis' files as soon as they are complete."""
+        """Every part added so far, its figures drawn, renamed into place."""
         self.files.commit()
 
     def finish(self, result: dict) -> tuple[dict, list[Path]]:

@@ -205,12 +205,14 @@ def release_out_dirs() -> None:
 
 class OutputSet(AtomicFiles):
     """A command's result files (JSON, CSV, NPY, figures), written atomically together (see
-    `trajcli.atomic`); figures are drawn by the drawing process when one runs."""
+    `trajcli.atomic`); figures are drawn when the set is flushed or committed — or, with a `drawer`
+    (trajcli.report.drawing.Drawer), sent to it at once and waited for then."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, drawer=None):
         super().__init__(out)
-        self._jobs: list[tuple] = []  # plots to draw here at `flush` (no drawing process runs)
-        self._sent: list[int] = []  # plots sent to the drawing process, not yet waited for
+        self._drawer = drawer
+        self._jobs: list[tuple] = []  # plots to draw at `flush`
+        self._sent: list = []  # futures of the plots sent to the drawer
 
     def json(self, name: str, doc: dict) -> None:
         """A JSON document, written as orjson makes it (a layers document of a long run is hundreds of
@@ -224,21 +226,19 @@ class OutputSet(AtomicFiles):
             np.save(f, array)
 
     def draw(self, name: str, plot, *args) -> None:
-        """`plot(path, *args)` into `name`: sent to the drawing process at once when one runs (drawn
-        while this process goes on), else drawn with the others at `flush` or `commit` (see drawing)."""
+        """`plot(path, *args)` into `name`: sent to the drawer at once, else drawn at `flush` or `commit`."""
         job = (plot, (self._temp(name), *args))
-        number = drawing.submit(*job)
-        if number is None:
-            self._jobs.append(job)
+        if self._drawer is not None:
+            self._sent.append(self._drawer.submit(*job))
         else:
-            self._sent.append(number)
+            self._jobs.append(job)
 
     def flush(self) -> None:
         """Every plot asked for so far, drawn."""
         jobs, self._jobs = self._jobs, []
         drawing.run(jobs)
-        drawing.wait(self._sent)
-        self._sent.clear()
+        sent, self._sent = self._sent, []
+        drawing.wait(sent)
 
     def written(self, name: str) -> bytes:
         """What has been written so far under `name` (committed or not)."""
@@ -252,7 +252,6 @@ class OutputSet(AtomicFiles):
 
     def discard(self) -> None:
         self._jobs.clear()
-        if self._sent:  # figures may still be drawn into our temp files: stop that before removing them
-            drawing.stop()
-            self._sent.clear()
+        sent, self._sent = self._sent, []
+        drawing.wait(sent, cancel=True)  # nothing may still draw into a temp file once it is removed
         super().discard()
