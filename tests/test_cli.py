@@ -284,3 +284,30 @@ def test_plain_text_summaries_have_no_trailing_spaces(run_dir):
     for args in (["similarity", folder], ["layers", folder, "--by", "tensor"], ["inspect", folder]):
         out = run(args).stdout
         assert out and all(line == line.rstrip() for line in out.splitlines()), args
+
+
+def test_every_command_runs_inside_the_one_error_edge():
+    """A command added without any error handling of its own still gives one line and its exit code."""
+    from trajcli.cli import app
+    from trajcli.errors import DataError, UsageError
+
+    def broken(kind: str) -> None:
+        raise (DataError if kind == "data" else UsageError)(f"{kind} went wrong in tensor w", "try something else")
+
+    app.command(name="broken-for-the-test")(broken)
+    try:
+        for kind, code in (("data", 1), ("usage", 2)):
+            result = run(["broken-for-the-test", kind])
+            assert result.exit_code == code
+            assert result.stderr == f"trajcli: error: {kind} went wrong in tensor w\n  hint: try something else\n"
+            assert "Traceback" not in result.stderr
+    finally:
+        app.registered_commands.pop()
+
+
+def test_choices_are_listed_in_help_and_refused_otherwise(tmp_path):
+    shown = run(["layers", "--help"]).stdout
+    assert "<tensor|block|role>" in shown and "<raw|displacement|update>" in shown and "<png|svg|pdf>" in shown
+    assert "<auto|cpu|cuda>" in shown and "<error|skip>" in shown
+    bad = run(["similarity", str(tmp_path), "--mode", "cosine"])
+    assert bad.exit_code == 2 and "'cosine' is not one of 'raw', 'displacement', 'update'" in bad.stderr

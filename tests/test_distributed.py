@@ -202,9 +202,10 @@ def test_workers_flag_forks_a_local_cluster_from_the_fork_server_with_one_thread
     np.testing.assert_allclose(np.array(json.loads(spread.stdout)["matrix"], float),
                                np.array(json.loads(alone.stdout)["matrix"], float), atol=1e-12)
     with pytest.raises(UsageError, match="--device cuda is for the pass in this process"):
-        from trajcli.cli import PassOptions, _read_pass
+        from trajcli.options import PassOptions
+        from trajcli.pipeline import read_pass
 
-        _read_pass([str(tmp_path / "run")], Selection(), None, PassOptions(device="cuda", workers=2))
+        read_pass([str(tmp_path / "run")], Selection(), None, PassOptions(device="cuda", workers=2))
     client = connect(None, 2)
     inv = _inventory(tmp_path / "run")
     try:
