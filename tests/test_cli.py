@@ -311,3 +311,18 @@ def test_choices_are_listed_in_help_and_refused_otherwise(tmp_path):
     assert "<auto|cpu|cuda>" in shown and "<error|skip>" in shown
     bad = run(["similarity", str(tmp_path), "--mode", "cosine"])
     assert bad.exit_code == 2 and "'cosine' is not one of 'raw', 'displacement', 'update'" in bad.stderr
+
+
+def test_read_threads_is_a_flag_and_changes_no_number(tmp_path, monkeypatch):
+    from trajcli.engine import gram
+
+    sds = random_trajectory(4, seed=8)
+    for k, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / "run" / f"checkpoint-{k}", sd)
+    used = []
+    real = gram._chunk_stream
+    monkeypatch.setattr(gram, "_chunk_stream", lambda *args: used.append(args[-1]) or real(*args))
+    docs = [run_json(["similarity", tmp_path / "run", "--read-threads", str(t)]) for t in (0, 2)]
+    assert used == [0, 2]
+    assert docs[0]["matrix"] == docs[1]["matrix"]
+    assert run(["similarity", tmp_path / "run", "--read-threads", "-1"]).exit_code == 2

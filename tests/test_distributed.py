@@ -269,3 +269,29 @@ def test_without_dask_the_flag_says_what_to_install(monkeypatch):
     with pytest.raises(UsageError, match="needs threadpoolctl") as caught:
         d.connect(None, 2)
     assert "pip install 'trajcli[dask]'" in caught.value.hint
+
+
+def test_a_workers_open_checkpoints_are_keyed_by_file_identity_and_bounded(tmp_path, monkeypatch):
+    """A worker of a long-lived cluster: a file written again is opened again (not read through the
+    old handle), and only the last OPEN_TRAJECTORIES trajectories stay open."""
+    from trajcli.engine import distributed
+
+    monkeypatch.setattr(distributed, "_OPEN", distributed.OrderedDict())
+    runs = []
+    for r in range(3):
+        for k, sd in enumerate(random_trajectory(2, seed=r)):
+            save_safetensors_dir(tmp_path / f"run{r}" / f"step{k}", sd)
+        runs.append(tuple(_inventory(tmp_path / f"run{r}").checkpoints))
+    first = distributed._readers_for(runs[0]).readers
+    assert distributed._readers_for(runs[0]).readers is first  # reused while unchanged
+    sd = random_trajectory(2, seed=7)[1]
+    save_safetensors_dir(tmp_path / "run0" / "step1", sd)  # written again: another identity
+    again = distributed._readers_for(runs[0]).readers
+    assert again is not first
+    name = sorted(sd)[0]
+    row = np.empty(sd[name][0].numel())
+    again[1].read_into(name, 0, row.size, row)  # the new file's values
+    np.testing.assert_array_equal(row, sd[name].reshape(-1)[: row.size].double().numpy())
+    distributed._readers_for(runs[1])
+    distributed._readers_for(runs[2])
+    assert len(distributed._OPEN) == distributed.OPEN_TRAJECTORIES

@@ -36,8 +36,8 @@ def open(paths, *, every: int = 1, max_checkpoints: int | None = None, steps: st
          reference: str | None = None, strip_prefix: tuple[str, ...] | list[str] = (), arch: str | None = None,
          num_heads: int | None = None, num_kv_heads: int | None = None, head_dim: int | None = None,
          force_layout: bool = False, memory_budget: str | None = None, device: str = "auto",
-         scheduler: str | None = None, workers: int | None = None, cache: str | Path | None = None,
-         progress: bool = False) -> Run:
+         scheduler: str | None = None, workers: int | None = None, read_threads: int | None = None,
+         cache: str | Path | None = None, progress: bool = False) -> Run:
     """A Run over the checkpoints under `paths` (a folder, a checkpoint path, or a list of them),
     selected and read as the command line's flags of the same names say. Only headers are read here.
     `cache`: a folder for the Grams (as --out); `progress`: show the progress bar of the pass."""
@@ -51,7 +51,7 @@ def open(paths, *, every: int = 1, max_checkpoints: int | None = None, steps: st
     selection = Selection(every, max_checkpoints, steps, include, exclude, on_mismatch, reference, tuple(strip_prefix))
     head_flags = {"num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": head_dim,
                   "force_layout": force_layout}
-    options = PassOptions(memory_budget, device, scheduler, workers, quiet=not progress)
+    options = PassOptions(memory_budget, device, scheduler, workers, quiet=not progress, read_threads=read_threads)
     return Run(paths, selection, options, arch, head_flags, Path(cache) if cache is not None else None)
 
 

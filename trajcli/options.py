@@ -15,3 +15,4 @@ class PassOptions:
     workers: int | None = None  # local Dask worker processes
     recompute: bool = False  # read again even where the output folder holds Grams of these files
     quiet: bool = False  # no progress display
+    read_threads: int | None = None  # threads reading ahead of the products; None: engine.gram.default_read_threads()

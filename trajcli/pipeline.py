@@ -65,11 +65,12 @@ class ProgressLines:
 @contextlib.contextmanager
 def progress_bar(total: int, quiet: bool, what: str = "reading", unit: str = "bytes") -> Iterator:
     """Progress on stderr, unless --quiet: a live bar (bytes read and throughput, or items done) on a
-    terminal, plain lines every few seconds elsewhere (`ProgressLines`); yields `advance(n)` or None."""
+    terminal or in a Jupyter notebook, plain lines every few seconds elsewhere (`ProgressLines`);
+    yields `advance(n)` or None."""
     if quiet:
         yield None
         return
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() and "ipykernel" not in sys.modules:  # rich draws its bar in Jupyter too
         lines = ProgressLines(what, total, unit, sys.stderr)
         yield lines.advance
         lines.close()
@@ -86,24 +87,24 @@ def progress_bar(total: int, quiet: bool, what: str = "reading", unit: str = "by
 
 def read_trajectory(inv: Inventory, memory_budget_bytes: int, quiet: bool = False, segments: dict | None = None,
                     device: str = "cpu", scheduler: str | None = None, workers: int | None = None,
-                    journal: PassJournal | None = None) -> GramSet:
+                    journal: PassJournal | None = None, read_threads: int | None = None) -> GramSet:
     """The single streaming pass over an inventoried trajectory (tensors cut into leaves by `segments`):
     in this process, or on a Dask cluster (`scheduler` address, or `workers` local processes); with a
     `journal`, the tensors an interrupted pass finished are not read again."""
-    grams = _pass(inv, memory_budget_bytes, quiet, segments, device, scheduler, workers, journal)
+    grams = _pass(inv, memory_budget_bytes, quiet, segments, device, scheduler, workers, journal, read_threads)
     check_unchanged(inv)  # a file written again or replaced meanwhile: its Grams would mix two files
     return grams
 
 
 def _pass(inv: Inventory, memory_budget_bytes: int, quiet: bool, segments: dict | None, device: str,
-          scheduler: str | None, workers: int | None, journal: PassJournal | None) -> GramSet:
+          scheduler: str | None, workers: int | None, journal: PassJournal | None, read_threads: int | None) -> GramSet:
     done = journal.done if journal is not None else {}
     total = sum(
         t.numel * itemsize(r.tensors[t.name].dtype) for t in inv.tensors if t.name not in done for r in inv.readers
     )
     if scheduler is None and workers is None:
         with progress_bar(total, quiet) as on_bytes:
-            return accumulate(inv, memory_budget_bytes, on_bytes, segments, device, journal=journal)
+            return accumulate(inv, memory_budget_bytes, on_bytes, segments, device, read_threads, journal=journal)
     from trajcli.engine.distributed import accumulate_distributed, connect
 
     client = connect(scheduler, workers)
@@ -167,7 +168,8 @@ def read_pass(paths, selection: Selection, out: Path | None, options: PassOption
             try:
                 with kept_on_failure(journal):  # stopped while saving too: the whole pass is kept
                     grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
-                                            scheduler=options.scheduler, workers=options.workers, journal=journal)
+                                            scheduler=options.scheduler, workers=options.workers, journal=journal,
+                                            read_threads=options.read_threads)
                     if out_dir is not None:
                         save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
             except BaseException:

@@ -65,6 +65,7 @@ PASS = (
     ("workers", Annotated[Optional[int], typer.Option("--workers", min=1, help="Run the pass on a local Dask cluster of N worker processes.")], None),
     ("recompute", Annotated[bool, typer.Option("--recompute", help="Read the checkpoints even when --out holds Grams saved from them (or kept by a stopped pass).")], False),
     ("quiet", QuietOpt, False),
+    ("read_threads", Annotated[Optional[int], typer.Option("--read-threads", min=0, help="Threads that read the next chunk while the current one is multiplied (0: read in place) [default: 0 on two cores or fewer, else 2].")], None),
 )
 HEADS = (
     ("arch", Annotated[Optional[str], typer.Option("--arch", help="Architecture family (see 'trajcli archs') [default: detected].")], None),

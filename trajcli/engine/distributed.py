@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,7 +41,11 @@ from trajcli.errors import DataError, UsageError
 from trajcli.io.discover import Checkpoint
 from trajcli.io.inventory import Inventory
 
-_OPEN: dict[tuple, list] = {}  # per worker process: the checkpoints it has opened
+# Per worker process: the checkpoints it has opened, keyed by their files' identity (path, size, mtime,
+# inode, ctime): a file written again is opened again, never read through an old handle. A worker of a
+# long-lived cluster keeps the readers of the last OPEN_TRAJECTORIES trajectories only.
+OPEN_TRAJECTORIES = 2
+_OPEN: OrderedDict[tuple, list] = OrderedDict()
 _BUFFER: list[np.ndarray] = []  # per worker process: the chunk buffer, reused (fresh pages cost a fault each)
 
 
@@ -53,11 +57,16 @@ class _Readers:
 
 
 def _readers_for(checkpoints: tuple[Checkpoint, ...]) -> _Readers:
-    from trajcli.io.sources import open_checkpoint
+    from trajcli.io.sources import file_identity, open_checkpoint
 
-    key = tuple(str(c.path) for c in checkpoints)
-    if key not in _OPEN:
+    key = tuple((str(c.path), c.strip_prefixes, tuple(tuple(file_identity(f)) for f in c.files)) for c in checkpoints)
+    if key in _OPEN:
+        _OPEN.move_to_end(key)
+    else:
         _OPEN[key] = [open_checkpoint(c) for c in checkpoints]
+        while len(_OPEN) > OPEN_TRAJECTORIES:
+            for reader in _OPEN.popitem(last=False)[1]:
+                reader.close()
     return _Readers(_OPEN[key])
 
 

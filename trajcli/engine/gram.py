@@ -108,12 +108,9 @@ def _plan_chunks(inv: Inventory, segments: dict[str, Segment], chunk_elems: int,
 
 
 def default_read_threads() -> int:
-    """TRAJCLI_READ_THREADS when set; else 0 (read in the main thread, no overlap) on machines with
-    two cores or fewer, where overlapping measured slower, warm or cold cache (memory bandwidth, not
-    latency, bounds the pass there); else 2."""
-    value = os.environ.get("TRAJCLI_READ_THREADS", "")
-    if value.isdigit():
-        return int(value)
+    """0 (read in the main thread, no overlap) on machines with two cores or fewer, where overlapping
+    measured slower, warm or cold cache (memory bandwidth, not latency, bounds the pass there); else 2.
+    `--read-threads` (PassOptions.read_threads) chooses otherwise."""
     return 0 if (os.cpu_count() or 1) <= 2 else 2
 
 
