@@ -15,7 +15,7 @@ from arch_models import reference_models, transformers_models
 from trajcli.arch.families import detect_family, family_by_name, load_families, parse_family
 from trajcli.arch.grouping import hidden_size_from, qkv_tensors
 from trajcli.arch.layouts import HeadCounts, axis_ranges
-from trajcli.io.inventory import TensorSpec
+from trajcli.types import TensorSpec
 
 transformers = pytest.importorskip("transformers")
 MODELS = {**transformers_models(), **reference_models()}

@@ -235,14 +235,14 @@ def test_the_fork_server_preloads_what_workers_need_and_not_torch():
 
 def test_small_chunks_share_tasks_in_order(tmp_path):
     from trajcli.engine.distributed import _tasks
-    from trajcli.engine.gram import _plan_chunks
+    from trajcli.engine.gram import plan_chunks
 
     shapes = {"norm1.bias": (64,), "norm2.bias": (40,), "norm3.bias": (8,), "proj.weight": (64, 8)}
     for k, sd in enumerate(random_trajectory(2, seed=3, shapes=shapes)):
         save_safetensors_dir(tmp_path / f"step{k}", sd)
     inv = _inventory(tmp_path)
     try:
-        chunks = _plan_chunks(inv, {}, 128)
+        chunks = plan_chunks(inv, {}, 128)
     finally:
         inv.close()
     tasks = _tasks(chunks, 128)
@@ -282,11 +282,11 @@ def test_a_workers_open_checkpoints_are_keyed_by_file_identity_and_bounded(tmp_p
         for k, sd in enumerate(random_trajectory(2, seed=r)):
             save_safetensors_dir(tmp_path / f"run{r}" / f"step{k}", sd)
         runs.append(tuple(_inventory(tmp_path / f"run{r}").checkpoints))
-    first = distributed._readers_for(runs[0]).readers
-    assert distributed._readers_for(runs[0]).readers is first  # reused while unchanged
+    first = distributed._readers_for(runs[0])
+    assert distributed._readers_for(runs[0]) is first  # reused while unchanged
     sd = random_trajectory(2, seed=7)[1]
     save_safetensors_dir(tmp_path / "run0" / "step1", sd)  # written again: another identity
-    again = distributed._readers_for(runs[0]).readers
+    again = distributed._readers_for(runs[0])
     assert again is not first
     name = sorted(sd)[0]
     row = np.empty(sd[name][0].numel())

@@ -163,8 +163,8 @@ def test_overlapped_reading_equals_reading_in_place(tmp_path, read_threads):
 def test_leaves_of_pieces_of_rows_are_exact_for_every_chunk_size(tmp_path_factory, chunk_elems):
     """Row cuts (Q/K/V parts of a fused [3d, d] projection) and column cuts (GPT-2's Conv1D [d, 3d])
     stay exact when chunks are pieces of rows."""
-    from trajcli.arch.grouping import Segment
     from trajcli.engine.gram import chunk_elems_for
+    from trajcli.types import Segment
 
     folder = tmp_path_factory.mktemp("cuts")
     shapes = {"rows.weight": (6, 10), "cols.weight": (4, 9)}

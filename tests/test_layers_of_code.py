@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trajcli"
 
 # Lower rank = lower layer. A module may import from its own rank's subpackage and from lower ranks.
 RANKS = {
-    "errors": 0, "options": 0, "atomic": 0, "metrics": 0,
+    "errors": 0, "options": 0, "atomic": 0, "types": 0, "metrics": 0,
     "io": 1,
     "arch": 2,
     "engine": 3, "curvature": 3,
@@ -74,3 +74,38 @@ def test_a_wrong_way_import_is_caught(tmp_path):
 @pytest.mark.parametrize("unit", sorted(RANKS))
 def test_every_layer_exists(unit):
     assert (PACKAGE / unit).is_dir() or (PACKAGE / f"{unit}.py").is_file()
+
+
+def _module_imports(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the trajcli modules it imports (top level or inside functions)."""
+    modules = {}
+    for path in package.rglob("*.py"):
+        name = ".".join(("trajcli", *path.relative_to(package).with_suffix("").parts)).removesuffix(".__init__")
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("trajcli"):
+                for target in (node.module, *(f"{node.module}.{a.name}" for a in node.names)):
+                    if target in modules and target not in (name, "trajcli"):
+                        found.add(target)
+        graph[name] = found
+    return graph
+
+
+def test_no_import_cycle_between_modules():
+    graph = _module_imports()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            assert state.get(target) != 1, " -> ".join(path + [target])
+            if target not in state:
+                visit(target, path + [target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])

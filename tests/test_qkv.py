@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from trajcli.arch.families import family_by_name
 from trajcli.arch.grouping import hidden_size_from, qkv_tensors
 from trajcli.arch.layouts import HeadCounts, axis_ranges
-from trajcli.io.inventory import TensorSpec
+from trajcli.types import TensorSpec
 
 pytest.importorskip("transformers")
 MODELS = {**transformers_models(), **reference_models()}

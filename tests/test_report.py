@@ -222,7 +222,7 @@ def test_a_two_checkpoint_report_says_only_what_trajcli_says_on_stderr(tmp_path)
 def test_each_analysis_is_on_disk_before_the_curvature_is_measured(tmp_path, monkeypatch):
     """A long report shows the pass's results while the curvature runs; a failure then leaves them
     (complete files only: no temp file, no report.html that would claim the whole)."""
-    from trajcli.cli import curvature as curvature_command
+    from trajcli.cli import report as report_command
     from trajcli.errors import DataError
 
     write_trajectory("gpt_neox", tmp_path / "run", n=3, seed=2)
@@ -232,7 +232,7 @@ def test_each_analysis_is_on_disk_before_the_curvature_is_measured(tmp_path, mon
         seen.extend(sorted(p.name for p in (tmp_path / "out").iterdir()))
         raise DataError("stopped here by the test", "")
 
-    monkeypatch.setattr(curvature_command, "measure", measured_later)
+    monkeypatch.setattr(report_command, "measure", measured_later)
     (tmp_path / "tokens.npy").write_bytes(b"")
     result = run(["report", tmp_path / "run", "--out", tmp_path / "out", "--data", tmp_path / "tokens.npy"])
     assert result.exit_code == 1 and "stopped here by the test" in result.stderr

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from helpers import SHAPES, random_trajectory, run, save_safetensors_dir
 
-from trajcli.arch.grouping import Segment
 from trajcli.engine import gram
 from trajcli.engine.journal import JOURNAL_DIR, PassJournal
 from trajcli.engine.store import pass_plan
 from trajcli.io.discover import discover_checkpoints
 from trajcli.io.inventory import Selection, take_inventory
+from trajcli.types import Segment
 
 TENSORS = sorted(SHAPES)  # the order of the pass (the inventory sorts tensor names)
 # one tensor cut into two leaves by rows, as a Q/K/V plan cuts a fused projection
@@ -36,7 +36,7 @@ def _inventory(folder):
     return take_inventory(discover_checkpoints([str(folder)]), Selection())
 
 
-def _stop_at(monkeypatch, tensor, exc=KeyboardInterrupt, products_class=gram._NumpyProducts):
+def _stop_at(monkeypatch, tensor, exc=KeyboardInterrupt, products_class=gram.NumpyProducts):
     """The products raise `exc` on the first chunk of `tensor` (a Ctrl-C, an error in the middle)."""
     original = products_class.__call__
 
@@ -51,13 +51,13 @@ def _stop_at(monkeypatch, tensor, exc=KeyboardInterrupt, products_class=gram._Nu
 def _reads(monkeypatch) -> list[str]:
     """The tensor of every chunk read from the checkpoints, in order."""
     seen: list[str] = []
-    original = gram._read_chunk
+    original = gram.read_chunk
 
-    def read(inv, chunk, x, pool=None):
+    def read(readers, chunk, x, pool=None):
         seen.append(chunk.spec.name)
-        return original(inv, chunk, x, pool)
+        return original(readers, chunk, x, pool)
 
-    monkeypatch.setattr(gram, "_read_chunk", read)
+    monkeypatch.setattr(gram, "read_chunk", read)
     return seen
 
 
@@ -212,14 +212,14 @@ _PAUSE_AT = """
 import os, sys, time
 from trajcli.engine import gram
 from trajcli.launch import main
-original = gram._NumpyProducts.__call__
+original = gram.NumpyProducts.__call__
 tensor, ready = sys.argv[1:3]
 def products(self, x, chunk):
     if chunk.spec.name == tensor:
         open(ready, "w").close()  # the test sends its signal now
         time.sleep(60)
     return original(self, x, chunk)
-gram._NumpyProducts.__call__ = products
+gram.NumpyProducts.__call__ = products
 sys.argv = ["trajcli", *sys.argv[3:]]
 main()
 """

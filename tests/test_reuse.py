@@ -164,7 +164,7 @@ def _assert_same_grams(got, expected) -> None:
 
 def test_torch_products_equal_numpy_products(tmp_path, monkeypatch):
     monkeypatch.setattr(gram, "_products_for",
-                        lambda device: gram._TorchProducts("cpu") if device == "cuda" else gram._NumpyProducts())
+                        lambda device: gram._TorchProducts("cpu") if device == "cuda" else gram.NumpyProducts())
     by_numpy, by_torch = _qkv_grams(tmp_path, ("cpu", "cuda"))
     _assert_same_grams(by_torch, by_numpy)
 

@@ -82,17 +82,17 @@ def test_a_file_replaced_during_the_pass_fails_it_and_nothing_is_saved(tmp_path,
     _write(tmp_path / "run", seed=3)
     _write(tmp_path / "other", seed=4)
     target = tmp_path / "run" / "step2" / "model.safetensors"
-    original = gram._read_chunk
+    original = gram.read_chunk
     done = []
 
-    def read(inv, chunk, x, pool=None):
+    def read(readers, chunk, x, pool=None):
         if not done:  # a trainer saving `step2` again, the moment the pass began
             shutil.copy(tmp_path / "other" / "step2" / "model.safetensors", tmp_path / "new.safetensors")
             os.replace(tmp_path / "new.safetensors", target)
             done.append(True)
-        return original(inv, chunk, x, pool)
+        return original(readers, chunk, x, pool)
 
-    monkeypatch.setattr(gram, "_read_chunk", read)
+    monkeypatch.setattr(gram, "read_chunk", read)
     result = run(["similarity", tmp_path / "run", "--out", tmp_path / "out"])
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert f"{target} of checkpoint step2 changed while it was read" in result.stderr
@@ -280,13 +280,13 @@ _TRUNCATE_AT_FIRST_PRODUCT = """
 import os, sys
 from trajcli.engine import gram
 from trajcli.launch import main
-original = gram._NumpyProducts.__call__
+original = gram.NumpyProducts.__call__
 target = sys.argv[1]
 def products(self, x, chunk):
     if os.path.getsize(target) > 1024:
         os.truncate(target, 1024)  # a trainer re-saving the file, a full disk: cut short mid-pass
     return original(self, x, chunk)
-gram._NumpyProducts.__call__ = products
+gram.NumpyProducts.__call__ = products
 sys.argv = ["trajcli", *sys.argv[2:]]
 main()
 """

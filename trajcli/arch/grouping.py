@@ -14,24 +14,11 @@ from dataclasses import dataclass, field
 from trajcli.arch.families import Family, load_role_rules
 from trajcli.arch.layouts import HeadCounts, axis_ranges, check_heads
 from trajcli.errors import DataError, UsageError
-from trajcli.io.inventory import TensorSpec
+from trajcli.types import Segment, TensorSpec
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 PARTS = ("q", "k", "v")
 ROLE_ORDER = ("embedding", "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_o", "mlp", "norm", "head", "other")
-
-
-@dataclass(frozen=True)
-class Segment:
-    """How one tensor is cut into leaves: ranges along `axis`, each named by its leaf."""
-
-    axis: int
-    ranges: tuple[tuple[int, int, str], ...]  # (start, stop, leaf)
-
-
-def whole_segment(spec: TensorSpec) -> Segment:
-    """A tensor that is one leaf (named after the tensor)."""
-    return Segment(0, ((0, spec.n_rows, spec.name),))
 
 
 @dataclass

@@ -7,8 +7,20 @@ from typing import Annotated
 
 import typer
 
-from trajcli.cli import curvature as curvature_command
 from trajcli.cli.app import warn_all
+from trajcli.cli.curvature import (
+    BatchSizeOpt,
+    CurvatureRequest,
+    DataOpt,
+    DtypeOpt,
+    ModelOpt,
+    MomentumOpt,
+    SeedOpt,
+    SeqLenOpt,
+    TopKOpt,
+    curvature_settings,
+    measure,
+)
 from trajcli.cli.options import (
     FormatOpt,
     JsonOpt,
@@ -35,14 +47,14 @@ def report(
     lr_file: LrFileOpt = None,
     loss_file: LossFileOpt = None,
     plot_format: FormatOpt = "png",
-    data: curvature_command.DataOpt = None,
-    model: curvature_command.ModelOpt = None,
-    batch_size: curvature_command.BatchSizeOpt = None,
-    seq_len: curvature_command.SeqLenOpt = None,
-    seed: curvature_command.SeedOpt = 0,
-    top_k: curvature_command.TopKOpt = 3,
-    momentum: curvature_command.MomentumOpt = None,
-    dtype: curvature_command.DtypeOpt = "float64",
+    data: DataOpt = None,
+    model: ModelOpt = None,
+    batch_size: BatchSizeOpt = None,
+    seq_len: SeqLenOpt = None,
+    seed: SeedOpt = 0,
+    top_k: TopKOpt = 3,
+    momentum: MomentumOpt = None,
+    dtype: DtypeOpt = "float64",
     json_output: JsonOpt = False,
     strict: StrictOpt = False,
     *, heads, selection, options,
@@ -61,8 +73,8 @@ def report(
     check_lr(lr, lr_file)
     probe = None
     if data is not None:
-        settings = curvature_command.curvature_settings(seed=seed, top_k=top_k, dtype=dtype, device=options.device)
-        probe = curvature_command.CurvatureRequest(data, model, batch_size, seq_len, settings, momentum, strict)
+        settings = curvature_settings(seed=seed, top_k=top_k, dtype=dtype, device=options.device)
+        probe = CurvatureRequest(data, model, batch_size, seq_len, settings, momentum, strict)
     elif model is not None:
         raise typer.BadParameter("--model needs --data (the batch the curvature is measured on)", param_hint="'--model'")
     run_report(paths, out, selection, options, heads=heads, plot_format=plot_format, json_output=json_output, lr=lr,
@@ -93,8 +105,7 @@ def run_report(paths, out, selection, options, *, heads=None, plot_format="png",
             warn_all(result["warnings"], options.quiet)
             if curvature is not None:
                 writer.publish()  # the pass's results are on disk while the curvature is measured
-                result["curvature"], _, warnings = curvature_command.measure(paths, selection, curvature, lr, lr_file,
-                                                                             options.quiet)
+                result["curvature"], _, warnings = measure(paths, selection, curvature, lr, lr_file, options.quiet)
                 result["warnings"] += warnings  # on the page and in report.json with the others
                 result["headline"].update(curvature_headline(result["curvature"]))
                 writer.add(result, "curvature")

@@ -21,8 +21,9 @@ from trajcli.curvature.batch import Batch
 from trajcli.curvature.model import ProbeModel
 from trajcli.curvature.probes import Objective, along_direction, glass, hessian_trace, lanczos
 from trajcli.errors import DataError
-from trajcli.io.inventory import Inventory, TensorSpec
+from trajcli.io.inventory import Inventory
 from trajcli.metrics.curvature import finite_or_none, glass_groups
+from trajcli.types import TensorSpec
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 

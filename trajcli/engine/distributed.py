@@ -15,24 +15,22 @@ import sys
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from trajcli.arch.grouping import Segment
 from trajcli.engine.gram import (
     DEFAULT_MEMORY_BUDGET,
+    Chunk,
     GramSet,
-    _Chunk,
-    _difference_in_place,
-    _NumpyProducts,
-    _plan_chunks,
-    _products_without_nonfinite,
-    _read_chunk,
+    NumpyProducts,
     add_parts,
     chunk_bytes,
     chunk_elems_for,
+    difference_in_place,
     finish_gramset,
+    plan_chunks,
+    products_without_nonfinite,
+    read_chunk,
     resume_from,
     tensor_finished,
 )
@@ -40,6 +38,7 @@ from trajcli.engine.journal import PassJournal, kept_on_failure
 from trajcli.errors import DataError, UsageError
 from trajcli.io.discover import Checkpoint
 from trajcli.io.inventory import Inventory
+from trajcli.types import Segment
 
 # Per worker process: the checkpoints it has opened, keyed by their files' identity (path, size, mtime,
 # inode, ctime): a file written again is opened again, never read through an old handle. A worker of a
@@ -49,14 +48,8 @@ _OPEN: OrderedDict[tuple, list] = OrderedDict()
 _BUFFER: list[np.ndarray] = []  # per worker process: the chunk buffer, reused (fresh pages cost a fault each)
 
 
-@dataclass
-class _Readers:
-    """What the chunk helpers need of an Inventory: the open readers, in training order."""
-
-    readers: list
-
-
-def _readers_for(checkpoints: tuple[Checkpoint, ...]) -> _Readers:
+def _readers_for(checkpoints: tuple[Checkpoint, ...]) -> list:
+    """This worker's open readers of `checkpoints`, in training order."""
     from trajcli.io.sources import file_identity, open_checkpoint
 
     key = tuple((str(c.path), c.strip_prefixes, tuple(tuple(file_identity(f)) for f in c.files)) for c in checkpoints)
@@ -67,34 +60,34 @@ def _readers_for(checkpoints: tuple[Checkpoint, ...]) -> _Readers:
         while len(_OPEN) > OPEN_TRAJECTORIES:
             for reader in _OPEN.popitem(last=False)[1]:
                 reader.close()
-    return _Readers(_OPEN[key])
+    return _OPEN[key]
 
 
-def _chunks_task(checkpoints: tuple[Checkpoint, ...], chunks: tuple[_Chunk, ...]) -> tuple[dict, dict]:
+def _chunks_task(checkpoints: tuple[Checkpoint, ...], chunks: tuple[Chunk, ...]) -> tuple[dict, dict]:
     """Runs on a worker: (leaf -> partial basis Gram, tensor -> {checkpoint index -> NaN/Inf count})
     over a few chunks, one after the other in one reused buffer."""
     readers = _readers_for(checkpoints)
     n = len(checkpoints)
-    products = _NumpyProducts()  # A @ A.T as a symmetric rank-k update, as in one process
+    products = NumpyProducts()  # A @ A.T as a symmetric rank-k update, as in one process
     scratch = GramSet([c.name for c in checkpoints])
     sums: dict = {}
     for chunk in chunks:
         if not _BUFFER or _BUFFER[0].size < n * chunk.n_elems:
             _BUFFER[:] = [np.empty(n * chunk.n_elems)]
         x = _BUFFER[0][: n * chunk.n_elems].reshape(n, chunk.n_elems)
-        _read_chunk(readers, chunk, x)
-        _difference_in_place(x, use_torch=False)
+        read_chunk(readers, chunk, x)
+        difference_in_place(x, use_torch=False)
         parts = products(x, chunk)
         if not products.finite(parts):
-            parts = _products_without_nonfinite(readers, chunk, x, products, scratch, use_torch=False)
+            parts = products_without_nonfinite(readers, chunk, x, products, scratch, use_torch=False)
         add_parts(sums, parts)
     return sums, scratch.nonfinite
 
 
-def _tasks(chunks: list[_Chunk], task_elems: int) -> list[tuple[_Chunk, ...]]:
+def _tasks(chunks: list[Chunk], task_elems: int) -> list[tuple[Chunk, ...]]:
     """Consecutive chunks batched up to `task_elems` elements per checkpoint: the many small tensors
     (biases, norms) share tasks instead of paying a scheduler round trip each."""
-    tasks: list[list[_Chunk]] = []
+    tasks: list[list[Chunk]] = []
     size = 0
     for chunk in chunks:
         if not tasks or size + chunk.n_elems > task_elems:
@@ -234,7 +227,7 @@ def accumulate_distributed(
     task_elems = 2 * chunk_elems_for(n, memory_budget_bytes)
     grams = GramSet([c.name for c in inv.checkpoints])
     sums = resume_from(journal, grams)
-    chunks = _plan_chunks(inv, segments, task_elems, skip=journal.done if journal else ())
+    chunks = plan_chunks(inv, segments, task_elems, skip=journal.done if journal else ())
     remaining = Counter(chunk.spec.name for chunk in chunks)  # chunks not yet summed, per tensor
     checkpoints = tuple(inv.checkpoints)
     futures = {client.submit(_chunks_task, checkpoints, task, pure=False, retries=2): task

@@ -12,16 +12,16 @@ product per chunk serves all three modes, any reference and any grouping of tens
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from trajcli.arch.grouping import Segment, whole_segment
 from trajcli.engine.journal import PassJournal, kept_on_failure
 from trajcli.errors import UsageError
-from trajcli.io.inventory import Inventory, TensorSpec
+from trajcli.io.inventory import Inventory
+from trajcli.types import Segment, TensorSpec, whole_segment
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024 * 1024
 _PARALLEL_MIN_ELEMS = 1 << 15  # below this a chunk is read in the reader thread alone
@@ -64,7 +64,7 @@ def chunk_elems_for(n_checkpoints: int, memory_budget_bytes: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Chunk:
+class Chunk:
     """Elements [start, stop) of a tensor flattened in storage order: whole rows (along the first
     axis), or — where one row is wider than a chunk (fused MoE experts) — a piece of one row."""
 
@@ -87,7 +87,7 @@ class _Chunk:
         return self.stop == self.spec.numel
 
 
-def _plan_chunks(inv: Inventory, segments: dict[str, Segment], chunk_elems: int, skip=()) -> list[_Chunk]:
+def plan_chunks(inv: Inventory, segments: dict[str, Segment], chunk_elems: int, skip=()) -> list[Chunk]:
     """Chunks of every analysed tensor but those in `skip`, in order, none over `chunk_elems`
     elements; a tensor's are consecutive."""
     chunks = []
@@ -99,11 +99,11 @@ def _plan_chunks(inv: Inventory, segments: dict[str, Segment], chunk_elems: int,
         if row_elems <= chunk_elems:
             rows_per_chunk = chunk_elems // row_elems
             for row in range(0, spec.n_rows, rows_per_chunk):
-                chunks.append(_Chunk(spec, segment, row * row_elems, min(spec.n_rows, row + rows_per_chunk) * row_elems))
+                chunks.append(Chunk(spec, segment, row * row_elems, min(spec.n_rows, row + rows_per_chunk) * row_elems))
             continue
         for row_start in range(0, spec.numel, row_elems):  # pieces of each row: no chunk spans two rows
             for start in range(row_start, row_start + row_elems, chunk_elems):
-                chunks.append(_Chunk(spec, segment, start, min(row_start + row_elems, start + chunk_elems)))
+                chunks.append(Chunk(spec, segment, start, min(row_start + row_elems, start + chunk_elems)))
     return chunks
 
 
@@ -114,15 +114,15 @@ def default_read_threads() -> int:
     return 0 if (os.cpu_count() or 1) <= 2 else 2
 
 
-def _chunk_stream(inv: Inventory, chunks: list[_Chunk], n: int, capacity: int, read_threads: int) -> Iterator:
+def _chunk_stream(inv: Inventory, chunks: list[Chunk], n: int, capacity: int, read_threads: int) -> Iterator:
     """(chunk, differenced rows) in order. With read_threads > 0 a background thread prepares the next
     chunk in a second buffer (its checkpoints read by `read_threads` threads) while the caller
     multiplies the current one; with 0 everything happens here, in one buffer."""
 
-    def prepare(chunk: _Chunk, buffer: np.ndarray, readers) -> np.ndarray:
+    def prepare(chunk: Chunk, buffer: np.ndarray, readers) -> np.ndarray:
         x = buffer[: n * chunk.n_elems].reshape(n, chunk.n_elems)  # (n_ckpt, chunk_elems), contiguous
-        _read_chunk(inv, chunk, x, readers)
-        _difference_in_place(x)
+        read_chunk(inv.readers, chunk, x, readers)
+        difference_in_place(x)
         return x
 
     if read_threads <= 0:
@@ -159,7 +159,7 @@ def accumulate(
     segments = segments or {}
     grams = GramSet([c.name for c in inv.checkpoints])
     sums = resume_from(journal, grams)
-    chunks = _plan_chunks(inv, segments, chunk_elems_for(n, memory_budget_bytes), skip=journal.done if journal else ())
+    chunks = plan_chunks(inv, segments, chunk_elems_for(n, memory_budget_bytes), skip=journal.done if journal else ())
     capacity = max((c.n_elems for c in chunks), default=1)
     products = _products_for(device)
     threads = default_read_threads() if read_threads is None else read_threads
@@ -167,7 +167,7 @@ def accumulate(
         for chunk, x in _chunk_stream(inv, chunks, n, capacity, threads):
             parts = products(x, chunk)
             if not products.finite(parts):
-                parts = _products_without_nonfinite(inv, chunk, x, products, grams)
+                parts = products_without_nonfinite(inv.readers, chunk, x, products, grams)
             add_parts(sums, parts)
             if journal is not None and chunk.last:
                 tensor_finished(journal, chunk, sums, grams, products.to_numpy)
@@ -186,7 +186,7 @@ def resume_from(journal: PassJournal | None, grams: GramSet) -> dict:
     return sums
 
 
-def tensor_finished(journal: PassJournal, chunk: _Chunk, sums: dict, grams: GramSet, to_numpy) -> None:
+def tensor_finished(journal: PassJournal, chunk: Chunk, sums: dict, grams: GramSet, to_numpy) -> None:
     """Hand the journal the Grams of the tensor whose last chunk `chunk` was."""
     leaves = dict.fromkeys(leaf for _, _, leaf in chunk.segment.ranges)
     journal.finished(chunk.spec.name, {leaf: sums[leaf] for leaf in leaves}, grams.nonfinite.get(chunk.spec.name, {}),
@@ -199,7 +199,7 @@ def add_parts(sums: dict, parts: dict) -> None:
         sums[leaf] = sums[leaf] + part if leaf in sums else part
 
 
-def chunk_bytes(inv: Inventory, chunk: _Chunk) -> int:
+def chunk_bytes(inv: Inventory, chunk: Chunk) -> int:
     """The stored bytes one chunk reads, from every checkpoint (for the progress bar)."""
     return sum(chunk.n_elems * itemsize(r.tensors[chunk.spec.name].dtype) for r in inv.readers)
 
@@ -216,11 +216,12 @@ def finish_gramset(grams: GramSet, inv: Inventory, segments: dict[str, Segment],
     return grams
 
 
-def _products_without_nonfinite(inv: Inventory, chunk: _Chunk, x: np.ndarray, products, grams: GramSet,
-                                use_torch: bool = True) -> dict:
-    """A NaN/Inf in any checkpoint shows on a diagonal. Rare: read the chunk again, zero the bad
-    values and remember which checkpoints had them, so every other entry stays exact."""
-    _read_chunk(inv, chunk, x)
+def products_without_nonfinite(readers: Sequence, chunk: Chunk, x: np.ndarray, products, grams: GramSet,
+                               use_torch: bool = True) -> dict:
+    """A NaN/Inf in any checkpoint shows on a diagonal. Rare: read the chunk again from `readers` (one
+    per checkpoint), zero the bad values and remember which checkpoints had them, so every other
+    entry stays exact."""
+    read_chunk(readers, chunk, x)
     bad_counts = grams.nonfinite.setdefault(chunk.spec.name, {})
     for k in range(x.shape[0]):
         bad = ~np.isfinite(x[k])
@@ -228,11 +229,11 @@ def _products_without_nonfinite(inv: Inventory, chunk: _Chunk, x: np.ndarray, pr
         if count:
             bad_counts[k] = bad_counts.get(k, 0) + count
             x[k][bad] = 0.0
-    _difference_in_place(x, use_torch)
+    difference_in_place(x, use_torch)
     return products(x, chunk)
 
 
-def _leaf_slices(x: np.ndarray, chunk: _Chunk):
+def _leaf_slices(x: np.ndarray, chunk: Chunk):
     """(leaf, the leaf's share of the chunk as an (n_ckpt, elems) array) for each leaf in the chunk."""
     segment = chunk.segment
     if len(segment.ranges) == 1:
@@ -254,10 +255,10 @@ def _leaf_slices(x: np.ndarray, chunk: _Chunk):
                 yield leaf, x[:, lo - first_col: hi - first_col]
 
 
-class _NumpyProducts:
+class NumpyProducts:
     """B Bᵀ per leaf with numpy (A @ A.T runs as a symmetric rank-k update)."""
 
-    def __call__(self, x: np.ndarray, chunk: _Chunk) -> dict[str, np.ndarray]:
+    def __call__(self, x: np.ndarray, chunk: Chunk) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for leaf, part in _leaf_slices(x, chunk):
             product = part @ part.T
@@ -283,7 +284,7 @@ class _TorchProducts:
         self.torch = torch
         self.device = torch.device(device)
 
-    def __call__(self, x: np.ndarray, chunk: _Chunk) -> dict:
+    def __call__(self, x: np.ndarray, chunk: Chunk) -> dict:
         on_device = self.torch.from_numpy(x).to(self.device)
         out: dict = {}
         for leaf, part in _leaf_slices(on_device, chunk):
@@ -312,23 +313,24 @@ def resolve_device(device: str) -> str:
 
 def _products_for(device: str):
     device = resolve_device(device)
-    return _NumpyProducts() if device == "cpu" else _TorchProducts(device)
+    return NumpyProducts() if device == "cpu" else _TorchProducts(device)
 
 
-def _read_chunk(inv: Inventory, chunk: _Chunk, x: np.ndarray, pool: ThreadPoolExecutor | None = None) -> None:
-    """Rows of every checkpoint into x (n_ckpt, elems); with `pool`, the checkpoints in parallel."""
+def read_chunk(readers: Sequence, chunk: Chunk, x: np.ndarray, pool: ThreadPoolExecutor | None = None) -> None:
+    """The chunk's elements of every checkpoint (`readers`, one per checkpoint, in order) into x
+    (n_ckpt, elems); with `pool`, the checkpoints in parallel."""
     def read(k: int) -> None:
-        inv.readers[k].read_into(chunk.spec.name, chunk.start, chunk.stop, x[k])
+        readers[k].read_into(chunk.spec.name, chunk.start, chunk.stop, x[k])
 
     if pool is None or chunk.n_elems < _PARALLEL_MIN_ELEMS:
-        for k in range(len(inv.readers)):
+        for k in range(len(readers)):
             read(k)
     else:
-        for future in [pool.submit(read, k) for k in range(len(inv.readers))]:
+        for future in [pool.submit(read, k) for k in range(len(readers))]:
             future.result()
 
 
-def _difference_in_place(x: np.ndarray, use_torch: bool = True) -> None:
+def difference_in_place(x: np.ndarray, use_torch: bool = True) -> None:
     """Rows θ_0 … θ_{N−1} become the basis b_0 = θ_0, b_k = θ_k − θ_{k−1} (to float64 rounding).
     Last row first, so each subtraction still sees the original previous row. torch's kernel uses
     every core for the large rows (~30 % quicker than numpy's on two); numpy's, the same numbers, is

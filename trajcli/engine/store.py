@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from trajcli import __version__
-from trajcli.arch.grouping import Segment, whole_segment
 from trajcli.engine.gram import GramSet
 from trajcli.errors import DataError
 from trajcli.io.inventory import Inventory
 from trajcli.io.sources import file_identity
+from trajcli.types import Segment, whole_segment
 
 GRAMS_FILE = "grams.npz"
 STORE_FORMAT = 2  # 2: file identities with inode and ctime

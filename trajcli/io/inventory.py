@@ -10,26 +10,7 @@ from trajcli.errors import DataError, UsageError
 from trajcli.io.align import find_alignment
 from trajcli.io.discover import Checkpoint, Discovery, discover_checkpoints, order_checkpoints, select_checkpoints, step_from_name
 from trajcli.io.sources import CheckpointReader, open_checkpoint
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A tensor analysed across the whole trajectory."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtypes: tuple[str, ...]  # the distinct stored dtypes across checkpoints
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-    @property
-    def n_rows(self) -> int:
-        return self.shape[0] if self.shape else 1
+from trajcli.types import TensorSpec
 
 
 @dataclass
