@@ -366,3 +366,18 @@ def test_a_torch_file_whose_zip_record_claims_several_disks_gives_one_line(tmp_p
     bad[at + 16] = 2  # its total number of disks
     (tmp_path / "m_1.pt").write_bytes(bytes(bad))
     _assert_one_error(run(["similarity", tmp_path]), 1, "m_1.pt")
+
+
+def test_debug_keeps_the_cause_of_a_known_error(tmp_path):
+    """Without --debug one line; with it the DataError propagates with the library's own exception as
+    its cause (not hidden by `from None`)."""
+    from trajcli.errors import DataError
+
+    for k in range(2):
+        (tmp_path / f"step{k}").mkdir()
+        (tmp_path / f"step{k}" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    plain = run(["inspect", tmp_path])
+    assert plain.exit_code == 1 and plain.stderr.startswith("trajcli: error: cannot read safetensors file")
+    with pytest.raises(DataError, match="cannot read safetensors file") as raised:
+        run(["--debug", "inspect", tmp_path])
+    assert raised.value.__cause__ is not None

@@ -49,7 +49,7 @@ def _read_arrays(path: Path):
         raise UsageError(f"--data {path}: {exc.strerror or exc}", "give a .npy/.npz/.pt file or a text file") from None
     except Exception as exc:  # pickles refused by weights_only, damaged arrays
         raise DataError(f"cannot read --data {path}: {type(exc).__name__}: {exc}",
-                        "save token ids with numpy.save or torch.save (tensors only)") from None
+                        "save token ids with numpy.save or torch.save (tensors only)") from exc
     return None
 
 

@@ -162,7 +162,7 @@ def hf_model(inv: Inventory) -> ProbeModel:
                 folders[k], local_files_only=True, attn_implementation="eager", output_loading_info=True)
         except Exception as exc:  # unknown model_type, damaged files … in transformers' own words
             raise DataError(f"transformers cannot load a causal LM from {folders[k]}: {type(exc).__name__}: {exc}",
-                            "pass --model MODULE:FUNCTION to build it yourself") from None
+                            "pass --model MODULE:FUNCTION to build it yourself") from exc
         bad = sorted(info.get("missing_keys", ())) + sorted(info.get("mismatched_keys", ()))
         if bad:
             raise DataError(f"{folders[k]}: transformers found no weights for {_few([str(b) for b in bad])}",

@@ -202,7 +202,7 @@ class SafetensorsReader(CheckpointReader):
                 raise DataError(
                     f"cannot read safetensors file {path}: {_one_line(exc)}",
                     "the file is truncated or damaged; re-create or re-download it",
-                ) from None
+                ) from exc
             self.size_bytes += path.stat().st_size
         _check_index(self.checkpoint, {s[0]: s[3] for s in stored})
         _add_tensors(self, stored, lightning=False)
@@ -221,7 +221,7 @@ class SafetensorsReader(CheckpointReader):
             raise DataError(
                 f"cannot read tensor {info.stored_name} from {self.checkpoint.files[info.file_idx]}: {_one_line(exc)}",
                 "the file is truncated or damaged; re-create or re-download it",
-            ) from None
+            ) from exc
 
 
 def _data_offsets(path: Path) -> tuple[int, dict[str, int]]:
@@ -322,7 +322,7 @@ def load_torch_file(path: Path) -> object:
         raise DataError(
             f"cannot read torch file {path}: {_one_line(exc)}",
             "the file is truncated or damaged; re-create or re-download it",
-        ) from None
+        ) from exc
 
 
 def _is_legacy_pickle(path: Path) -> bool:
