@@ -164,7 +164,7 @@ def ratio(a: str, b: str) -> str:
 
 def _has_dask() -> bool:
     try:
-        import dask.distributed  # noqa: F401
+        import dask.distributed  # noqa: F401 - only whether it imports
     except ImportError:
         return False
     return True

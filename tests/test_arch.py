@@ -64,7 +64,9 @@ def test_layout_matches_the_forward_pass(name):
     original = {k: v.clone() for k, v in model.state_dict().items()}
     per_group = n_heads // n_kv
     gen = torch.Generator().manual_seed(2)
-    noise = lambda v: v + torch.randn(v.shape, generator=gen)  # noqa: E731
+    def noise(v):
+        return v + torch.randn(v.shape, generator=gen)
+
     for group in range(n_kv):
         model.load_state_dict(original)
         ranges = _layer0_ranges(model, family, heads)

@@ -87,7 +87,9 @@ def _save(folder, tensors: dict) -> None:
 
 def test_an_ambiguous_prefix_is_refused_with_the_candidates_and_forced_with_strip_prefix(tmp_path):
     rng = np.random.default_rng(3)
-    w = lambda: rng.standard_normal((4, 4)).astype(np.float32)  # noqa: E731
+    def w():
+        return rng.standard_normal((4, 4)).astype(np.float32)
+
     _save(tmp_path / "base", {"a.weight": w()})
     run_sds = [{"x.a.weight": w(), "y.a.weight": w()} for _ in range(2)]
     for k, sd in enumerate(run_sds):
@@ -111,7 +113,9 @@ def test_no_alignment_unless_one_side_maps_whole(tmp_path):
     """A base with a head the fine-tune lacks (`cls.`) and a fine-tune with one the base lacks: no side
     maps whole, so nothing is guessed; --strip-prefix says what the user means."""
     rng = np.random.default_rng(4)
-    w = lambda: rng.standard_normal((3, 3)).astype(np.float32)  # noqa: E731
+    def w():
+        return rng.standard_normal((3, 3)).astype(np.float32)
+
     _save(tmp_path / "base", {"enc.weight": w(), "cls.weight": w()})
     for k in range(2):
         _save(tmp_path / "run" / f"step{k + 1}", {"bert.enc.weight": w(), "classifier.weight": w()})

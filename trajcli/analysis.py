@@ -191,7 +191,9 @@ def detect_architecture(inv: Inventory, arch: str | None, head_flags: dict) -> A
 
 
 def _scalars(path: dict) -> dict:
-    last = lambda values: values[-1] if values else None  # noqa: E731
+    def last(values):
+        return values[-1] if values else None
+
     return {
         "final_distance": last(path["distance_to_reference"]),
         "final_angle_to_reference_deg": last(path["angle_to_reference_deg"]),

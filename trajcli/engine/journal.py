@@ -1,16 +1,7 @@
-"""A pass that can be resumed. Over an LLM's revisions a pass takes hours (Pythia-12B: 154
-checkpoints, 3.7 TB); an interruption should not cost all of them.
-
-With `--out DIR`, the leaf Grams of the tensors a pass has finished are kept in `DIR/.trajcli-pass/`:
-every FLUSH_EVERY_S seconds, and when the pass stops on an error or an interruption, those finished
-since the last write go into one more `part-K.npz` (written atomically), beside `plan.json`, which
-records what they belong to: the checkpoints' files (path, size, mtime, inode, ctime), the analysed
-tensors and how each is cut into leaves; each part carries the digest of that plan and is used only
-under it. The next pass with that very plan reads them back and reads only the
-other tensors from the checkpoints; their Grams are the ones the interrupted pass computed, bit for
-bit. The folder is removed once a pass is complete and its Grams are saved in `grams.npz`; a pass
-with another plan (other checkpoints, selection or cut), or with --recompute, starts over and
-replaces it. A pass shorter than FLUSH_EVERY_S that ends normally never writes it."""
+"""A pass that can be resumed: with `--out DIR`, the leaf Grams of the tensors a pass has finished
+are kept in `DIR/.trajcli-pass/` (every FLUSH_EVERY_S seconds, and when it stops), each part under
+the digest of its plan (files, selection, cut); the next pass with that very plan reads only the
+other tensors, with the same Grams bit for bit. See docs/performance.md."""
 
 from __future__ import annotations
 

@@ -13,6 +13,11 @@ from trajcli.io.discover import even_picks
 DPI = 96
 
 
+def _nan(values: list) -> list:
+    """None (undefined in the JSON) as NaN, which matplotlib leaves out of a line."""
+    return [np.nan if v is None else v for v in values]
+
+
 def _pyplot():
     import matplotlib
 
@@ -361,15 +366,14 @@ def path_measures(path: Path, doc: dict, fmt: str = "png") -> None:
     plt = _pyplot()
     steps = [c["step"] if c["step"] is not None else i for i, c in enumerate(doc["checkpoints"])]
     p = doc["path"]
-    nan = lambda values: [np.nan if v is None else v for v in values]  # noqa: E731
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=DPI)
-    axes[0].plot(steps, nan(p["norm"]), marker="o", ms=3)
+    axes[0].plot(steps, _nan(p["norm"]), marker="o", ms=3)
     axes[0].set_ylabel("‖θ_k‖")
-    axes[1].plot(steps, nan(p["distance_to_reference"]), marker="o", ms=3, color="#d62728")
+    axes[1].plot(steps, _nan(p["distance_to_reference"]), marker="o", ms=3, color="#d62728")
     axes[1].set_ylabel(f"‖θ_k − θ_ref‖ (ref {p['reference']})")
-    axes[2].plot(steps[1:], nan(p["step_angle_deg"]), marker="o", ms=3, color="#2ca02c", label="step angle ∠(θ_k−1, θ_k)")
+    axes[2].plot(steps[1:], _nan(p["step_angle_deg"]), marker="o", ms=3, color="#2ca02c", label="step angle ∠(θ_k−1, θ_k)")
     if p["turning_angle_deg"]:
-        axes[2].plot(steps[1:-1], nan(p["turning_angle_deg"]), marker="s", ms=3, color="#9467bd", label="turning angle")
+        axes[2].plot(steps[1:-1], _nan(p["turning_angle_deg"]), marker="s", ms=3, color="#9467bd", label="turning angle")
     axes[2].set_ylabel("degrees")
     _legend(axes[2], fontsize=7)
     for ax in axes:
@@ -392,17 +396,16 @@ def dynamics(path: Path, doc: dict, fmt: str = "png", max_blocks: int = 12) -> N
     chosen += blocks
     panels = 3 if doc["lr"] is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.3 * panels, 3.6), dpi=DPI)
-    nan = lambda values: [np.nan if v is None else v for v in values]  # noqa: E731
     cmap = plt.get_cmap("viridis")
     for i, g in enumerate(chosen):
         style = {"color": "k", "lw": 2} if g["kind"] == "model" else (
             {"color": "#d62728", "lw": 2} if g["kind"] == "scale_invariant" else
             {"color": cmap(i / max(len(chosen), 1)), "lw": 1})
         label = g["name"] + (f" ({g['regime']['verdict']})" if g["regime"]["verdict"] else "")
-        axes[0].plot(steps, nan(g["norm"]), label=label, **style)
-        axes[1].plot(steps[1:], nan(g["angle_per_step_deg"]), **style)
+        axes[0].plot(steps, _nan(g["norm"]), label=label, **style)
+        axes[1].plot(steps[1:], _nan(g["angle_per_step_deg"]), **style)
         if panels == 3:
-            axes[2].plot(steps, nan(g["effective_lr"]), **style)
+            axes[2].plot(steps, _nan(g["effective_lr"]), **style)
     axes[0].set_ylabel("‖w‖")
     axes[1].set_ylabel("angle moved per step (degrees)")
     _log_scale(axes[1], "y")

@@ -585,7 +585,9 @@ def add_dynamics(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
     names = [c["name"] for c in doc["checkpoints"]]
     for g in doc["groups"]:
         for k, (name, step) in enumerate(zip(names, doc["steps"])):
-            interval = (lambda key: g[key][k - 1] if k > 0 and g[key] is not None else None)  # noqa: E731
+            def interval(key, g=g, k=k):
+                return g[key][k - 1] if k > 0 and g[key] is not None else None
+
             rows.append([g["name"], g["kind"], name, step, g["norm"][k], g["distance_to_first"][k],
                          g["effective_lr"][k] if g["effective_lr"] is not None else None,
                          interval("angle_deg"), interval("delta_steps"), interval("angle_per_step_deg"),
