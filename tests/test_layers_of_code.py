@@ -19,11 +19,13 @@ RANKS = {
     "engine": 3, "curvature": 3,
     "analysis": 4,
     "report": 5,
-    "pipeline": 6, "results": 6,
-    "api": 7, "demo": 7,
-    "cli": 8,
-    "launch": 9,
-    "__main__": 10,
+    "pipeline": 6,
+    "comparison": 7, "demo": 7,
+    "results": 8,
+    "api": 9,
+    "cli": 10,
+    "launch": 11,
+    "__main__": 12,
 }
 
 

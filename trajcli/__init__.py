@@ -9,6 +9,6 @@ See docs/api.md; the command line (`trajcli --help`) is a thin skin over the sam
 
 __version__ = "0.2.0"
 
-from trajcli.api import CheckpointInfo, Run, open
+from trajcli.api import CheckpointInfo, Run, compare, open
 
-__all__ = ["CheckpointInfo", "Run", "open", "__version__"]
+__all__ = ["CheckpointInfo", "Run", "__version__", "compare", "open"]

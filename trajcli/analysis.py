@@ -434,11 +434,15 @@ def _headline(out: dict) -> dict:
     head["regime_median_angle_deg"] = invariant["regime"]["median_angle_deg"] if invariant else None
     qkv = out.get("qkv")
     if qkv:
-        het = [(e["depth"], e["heterogeneity"]) for e in qkv["layers"] if e["heterogeneity"] is not None]
-        middle = [h for d, h in het if 1 / 3 <= d <= 2 / 3]
-        head["qkv_heterogeneity_mean"] = float(np.mean([h for _, h in het])) if het else None
-        head["qkv_heterogeneity_middle_third"] = float(np.mean(middle)) if middle else None
+        head["qkv_heterogeneity_mean"], head["qkv_heterogeneity_middle_third"] = qkv_summary(qkv)
     return head
+
+
+def qkv_summary(qkv: dict) -> tuple[float | None, float | None]:
+    """Mean Q/K/V heterogeneity over every attention layer, and over the middle third of the depth."""
+    het = [(e["depth"], e["heterogeneity"]) for e in qkv["layers"] if e["heterogeneity"] is not None]
+    middle = [h for d, h in het if 1 / 3 <= d <= 2 / 3]
+    return (float(np.mean([h for _, h in het])) if het else None, float(np.mean(middle)) if middle else None)
 
 
 # ---- dynamics ------------------------------------------------------------------------------------

@@ -208,3 +208,21 @@ class Run:
 def _choice(value: str, choices, name: str) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def compare(runs, *, group: str | None = None, every: int = 1, max_checkpoints: int | None = None,
+            steps: str | None = None, include: str | None = None, exclude: str | None = None,
+            on_mismatch: str = "error", arch: str | None = None, memory_budget: str | None = None,
+            device: str = "auto", progress: bool = False):
+    """Compare runs (paths, or "NAME=PATH" strings) as `trajcli compare` does: a `Comparison` with the
+    command's document and, when the runs share an architecture, the joint maps (numpy)."""
+    from trajcli.comparison import compare as compare_runs
+    from trajcli.comparison import run_sources
+    from trajcli.io.inventory import Selection
+    from trajcli.results import Comparison
+
+    sources = run_sources([str(r) for r in runs], group)
+    selection = Selection(every, max_checkpoints, steps, include, exclude, on_mismatch)
+    options = PassOptions(memory_budget, device, quiet=not progress)
+    doc, matrices = compare_runs(sources, selection, options, arch, {})
+    return Comparison(doc, (), matrices.get("raw"), matrices.get("displacement"))

@@ -115,3 +115,20 @@ class Dynamics(Result):
                              "angle_deg": _nan_for_none(g["angle_deg"][interval]) if interval >= 0 else float("nan"),
                              "regime": g["regime"]["verdict"]})
         return _frame(rows)
+
+
+@dataclass(frozen=True, eq=False)
+class Comparison(Result):
+    """Runs compared: `document` (schema trajcli.compare/1: runs, groups, findings), and the joint raw and
+    displacement maps (numpy, None when the runs do not share an architecture)."""
+
+    joint_raw: np.ndarray | None = field(default=None, repr=False)
+    joint_displacement: np.ndarray | None = field(default=None, repr=False)
+
+    def to_frame(self):
+        """One row per run: name, group, checkpoints, parameters and every compared measure (needs pandas)."""
+        from trajcli.comparison import SCALARS
+
+        return _frame([{"name": r["name"], "group": r["group"], "n_checkpoints": r["n_checkpoints"],
+                        "n_params": r["n_params"], **{k: _nan_for_none(r[k]) for k in SCALARS}}
+                       for r in self.document["runs"]])

@@ -172,3 +172,25 @@ def derive_gramset(grams: GramSet, have: dict[str, Segment], want: dict[str, Seg
             out.n_params[leaf] = sum(grams.n_params[p] for p in parts)
             out.tensor_of[leaf] = t.name
     return out
+
+
+def sub_trajectory(grams: GramSet, start: int, stop: int) -> GramSet:
+    """The Gram set of checkpoints start … stop−1 alone, from one computed over a longer list (several
+    runs read in one pass, one after another). Its basis is θ_start, then the same differences b_k:
+    those entries are copied, and θ_start's row is the sum of the basis rows up to `start`."""
+    out = GramSet(grams.labels[start:stop])
+    for leaf, basis in grams.basis.items():
+        n = stop - start
+        sub = np.empty((n, n))
+        sub[1:, 1:] = basis[start + 1:stop, start + 1:stop]
+        sub[0, 1:] = basis[:start + 1, start + 1:stop].sum(axis=0)
+        sub[1:, 0] = sub[0, 1:]
+        sub[0, 0] = basis[:start + 1, :start + 1].sum()
+        out.basis[leaf] = sub
+        out.n_params[leaf] = grams.n_params[leaf]
+        out.tensor_of[leaf] = grams.tensor_of[leaf]
+    for tensor, per_ckpt in grams.nonfinite.items():
+        mine = {k - start: count for k, count in per_ckpt.items() if start <= k < stop}
+        if mine:
+            out.nonfinite[tensor] = mine
+    return out

@@ -95,3 +95,55 @@ def momentum_of(inv: Inventory, momentum: float | None) -> tuple[float | None, s
     if saved:
         return saved[-1], "optimizer param_groups in the checkpoints"
     return None, None
+
+
+# What `hyperparameters` reports, and where each key may come from (first found wins).
+_TRAINING_ARGS = {"learning_rate": "lr", "weight_decay": "weight_decay", "adam_beta1": "beta1",
+                  "adam_beta2": "beta2", "per_device_train_batch_size": "batch_size", "optim": "optimizer",
+                  "momentum": "momentum", "seed": "seed"}
+_NANOGPT_CONFIG = {"learning_rate": "lr", "weight_decay": "weight_decay", "beta1": "beta1", "beta2": "beta2",
+                   "batch_size": "batch_size", "gradient_accumulation_steps": "gradient_accumulation_steps"}
+
+
+def hyperparameters(inv: Inventory) -> dict:
+    """What the run saved about how it was trained, from JSON and weights-only data only (never a
+    pickle such as training_args.bin): `training_args.json` (TrainingArguments as JSON) in a
+    checkpoint folder or the run folder, trainer_state.json (train_batch_size, the peak learning
+    rate logged), the optimizer state in the checkpoints (lr, momentum or beta1, beta2, weight decay)
+    and nanoGPT's `config`. {key: {"value", "source"}}; keys absent where nothing says."""
+    found: dict = {}
+
+    def take(key: str, value, source: str) -> None:
+        if key not in found and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            found[key] = {"value": value, "source": source}
+
+    last = inv.checkpoints[-1].path
+    for folder in (last, last.parent) if last.is_dir() else (last.parent,):
+        args_file = folder / "training_args.json"
+        if args_file.is_file():
+            try:
+                args = read_json(args_file, "training arguments", "")
+            except DataError:
+                args = None
+            for key, name in _TRAINING_ARGS.items():
+                if isinstance(args, dict):
+                    take(name, args.get(key), str(args_file.name))
+    state = last / "trainer_state.json" if last.is_dir() else None
+    if state is not None and state.is_file():
+        try:
+            saved = read_json(state, "trainer state", "")
+        except DataError:
+            saved = None
+        if isinstance(saved, dict):
+            take("batch_size", saved.get("train_batch_size"), "trainer_state.json")
+    logged = [v for _, v in _trainer_log(inv)]
+    if logged:
+        take("lr", max(logged), "trainer_state.json log_history (peak)")
+    for reader in inv.readers[::-1]:
+        for key in ("lr", "momentum", "beta2", "weight_decay"):
+            take(key, reader.metadata.get(key), "optimizer state of the last checkpoint")
+        for key, name in _NANOGPT_CONFIG.items():
+            take(name, reader.metadata.get("train_config", {}).get(key), "nanoGPT config in the checkpoints")
+    if "momentum" not in found and "beta1" in found:
+        found["momentum"] = found["beta1"]
+    return found

@@ -369,8 +369,9 @@ def _number(value) -> float | None:
 
 
 def _optimizer_hparams(loaded: dict) -> dict[str, float]:
-    """The first param group's learning rate and momentum (SGD's `momentum`, Adam's `betas[0]`) of
-    an optimizer state saved in the file (nanoGPT's `optimizer`, Lightning's `optimizer_states[0]`)."""
+    """The first param group's learning rate, momentum (SGD's `momentum`, Adam's `betas[0]`), Adam's
+    `betas[1]` as beta2, and weight decay, of an optimizer state saved in the file (nanoGPT's
+    `optimizer`, Lightning's `optimizer_states[0]`)."""
     candidates = [loaded.get("optimizer")]
     states = loaded.get("optimizer_states")
     if isinstance(states, list) and states:
@@ -380,9 +381,12 @@ def _optimizer_hparams(loaded: dict) -> dict[str, float]:
         if isinstance(groups, list) and groups and isinstance(groups[0], dict):
             group = groups[0]
             betas = group.get("betas")
-            found = {"lr": _number(group.get("lr")), "momentum": _number(group.get("momentum"))}
-            if found["momentum"] is None and isinstance(betas, (list, tuple)) and betas:
-                found["momentum"] = _number(betas[0])
+            found = {"lr": _number(group.get("lr")), "momentum": _number(group.get("momentum")),
+                     "weight_decay": _number(group.get("weight_decay"))}
+            if isinstance(betas, (list, tuple)) and len(betas) == 2:
+                if found["momentum"] is None:
+                    found["momentum"] = _number(betas[0])
+                found["beta2"] = _number(betas[1])
             found = {k: v for k, v in found.items() if v is not None}
             if "lr" in found:
                 return found
@@ -401,6 +405,9 @@ class TorchReader(CheckpointReader):
             tensors, fmt, step, step_key = unwrap_state_dict(loaded, path)
             if isinstance(loaded.get("model_args"), dict):
                 self.metadata["model_args"] = dict(loaded["model_args"])
+            if isinstance(loaded.get("config"), dict):  # nanoGPT: the training script's settings
+                self.metadata["train_config"] = {k: v for k, v in loaded["config"].items()
+                                                 if isinstance(v, (int, float, str, bool))}
             self.metadata.update(_optimizer_hparams(loaded))
             if self.checkpoint.format == "torch-file":
                 self.checkpoint.format = fmt

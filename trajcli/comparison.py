@@ -1,0 +1,357 @@
+"""Comparing runs: a table of each run's measures and hyperparameters, groups (seeds of one setting)
+with mean and spread, and — when the runs share an architecture — the joint trajectory map of every
+checkpoint of every run, from one pass that reads each file once. Runs may also be result folders of
+`trajcli report`, answered without reading a checkpoint."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trajcli import __version__
+from trajcli.errors import DataError, UsageError
+from trajcli.metrics import trajectory as tm
+
+COMPARE_SCHEMA = "trajcli.compare/1"
+# The per-run numbers groups summarise (mean, spread); each is a float or None in a run's row.
+SCALARS = ("mds_raw", "mds_displacement", "mds_update", "mds_displacement_early", "mds_displacement_late",
+           "path_length", "straightness", "cone_apex_angle_deg", "qkv_heterogeneity_mean",
+           "qkv_heterogeneity_middle_third")
+
+
+@dataclass
+class RunSource:
+    """One RUN argument: its name, where it is, its group."""
+
+    name: str
+    path: Path
+    group: str | None = None
+    saved: bool = False  # a result folder of `trajcli report` (report.json): no checkpoint is read
+
+
+@dataclass
+class _Run:
+    source: RunSource
+    inventory: object | None = None  # io.inventory.Inventory, for runs of checkpoints
+    docs: dict = field(default_factory=dict)  # similarity_<mode>, qkv: the run's documents
+    hyperparameters: dict = field(default_factory=dict)
+
+
+def run_sources(args: list[str], group: str | None = None) -> list[RunSource]:
+    """RUN arguments (PATH or NAME=PATH) as named runs, each in the group `group` (a regex: its first
+    capture group, else its whole match, on the run's name) gives it; a name given twice is refused."""
+    pattern = None
+    if group is not None:
+        try:
+            pattern = re.compile(group)
+        except re.error as exc:
+            raise UsageError(f"--group {group!r} is not a regular expression: {exc}", r"e.g. --group '^(.*)-seed\d+$'") from None
+    out = []
+    for arg in args:
+        name, sep, path = arg.partition("=")
+        if not sep or not name or "/" in name:
+            name, path = Path(arg).name or arg, arg
+        source = RunSource(name, Path(path))
+        source.saved = (source.path / "report.json").is_file()
+        if pattern is not None and (match := pattern.search(name)):
+            source.group = match.group(1) if pattern.groups else match.group(0)
+        out.append(source)
+    names = [s.name for s in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"runs named {', '.join(twice)} more than once", "name them: NAME=PATH (e.g. sgd-0=runs/a/sgd)")
+    if len(out) < 2:
+        raise UsageError("compare needs at least two runs", "trajcli compare RUN RUN …")
+    return out
+
+
+def compare(sources: list[RunSource], selection, options, arch: str | None = None, head_flags: dict | None = None,
+            notify=lambda message: None) -> tuple[dict, dict]:
+    """The comparison document (schema trajcli.compare/1) and the joint maps ({mode: matrix}, empty
+    without a joint map). Runs of checkpoints are read in one pass when they share their tensors, else
+    one pass each; every file is read once."""
+    from trajcli.io.lr import hyperparameters
+    from trajcli.pipeline import load_inventory
+
+    runs = [_Run(s) for s in sources]
+    try:
+        for run in runs:
+            if run.source.saved:
+                run.docs = _saved_documents(run.source.path)
+            else:
+                run.inventory = load_inventory([str(run.source.path)], selection)
+                run.hyperparameters = hyperparameters(run.inventory)
+        live = [r for r in runs if r.inventory is not None]
+        joint, why_not = _joint_possible(runs)
+        joint_doc, matrices = None, {}
+        if joint:
+            joint_doc, matrices = _read_together(live, options, arch, head_flags or {})
+        else:
+            for run in live:
+                _read_alone(run, selection, options, arch, head_flags or {}, notify)
+    finally:
+        for run in runs:
+            if run.inventory is not None:
+                run.inventory.close()
+    rows = [_row(run) for run in runs]
+    doc = {"schema": COMPARE_SCHEMA, "trajcli_version": __version__, "runs": rows,
+           "differing_hyperparameters": _differing(rows), "groups": _groups(rows),
+           "joint": joint_doc, "joint_not_computed": None if joint else why_not,
+           "scale": _scale(rows), "findings": findings(rows)}
+    return doc, matrices
+
+
+def _saved_documents(folder: Path) -> dict:
+    from trajcli.io.jsonfile import read_json
+
+    docs = {}
+    for mode in tm.MODES:
+        path = folder / f"similarity_{mode}.json"
+        if not path.is_file():
+            raise DataError(f"{folder} has report.json but no {path.name}", "run `trajcli report` into it again")
+        docs[f"similarity_{mode}"] = read_json(path, "similarity result", "")
+    if (folder / "qkv.json").is_file():
+        docs["qkv"] = read_json(folder / "qkv.json", "Q/K/V result", "")
+    return docs
+
+
+def _joint_possible(runs: list[_Run]) -> tuple[bool, str | None]:
+    if any(r.inventory is None for r in runs):
+        return False, "some runs are saved results: a joint map needs every run's checkpoints"
+    specs = [[(t.name, t.shape) for t in r.inventory.tensors] for r in runs]
+    if any(s != specs[0] for s in specs[1:]):
+        sizes = sorted({r.inventory.n_params for r in runs})
+        return False, ("the runs differ in their tensors (names or shapes"
+                       + (f"; {len(sizes)} model sizes" if len(sizes) > 1 else "") + "): no common space to compare in")
+    if any(r.inventory.reference_idx != 0 for r in runs):
+        return False, "a --reference inside a run: the joint map starts each run at its first checkpoint"
+    return True, None
+
+
+def _plan(inv, arch, head_flags):
+    from trajcli.analysis import plan_report
+
+    return plan_report(inv, arch, head_flags)
+
+
+def _analyse(run: _Run, grams, plans) -> None:
+    from trajcli.analysis import qkv_result, similarity_result
+
+    for mode in tm.MODES:
+        run.docs[f"similarity_{mode}"], _, _ = similarity_result(run.inventory, grams, mode)
+    if plans.qkv is not None:
+        run.docs["qkv"], _ = qkv_result(run.inventory, grams, plans.qkv, plans.qkv_layers, "displacement",
+                                        plans.architecture, True, plans.architecture.heads is not None)
+
+
+def _read_alone(run: _Run, selection, options, arch, head_flags, notify) -> None:
+    from trajcli.pipeline import read_pass
+
+    def plan_for(inv):
+        plans = _plan(inv, arch, head_flags)
+        return plans.segments, plans
+
+    run.inventory.close()
+    run.inventory, grams, _, plans = read_pass([str(run.source.path)], selection, None, options, plan_for, notify)
+    _analyse(run, grams, plans)
+
+
+def _read_together(runs: list[_Run], options, arch, head_flags) -> tuple[dict, dict]:
+    """One pass over every run's checkpoints, one run after another; each run's Grams are then a part
+    of the joint ones (engine.store.sub_trajectory)."""
+    from trajcli.engine.budget import parse_budget
+    from trajcli.engine.gram import resolve_device
+    from trajcli.engine.store import derive_gramset, sub_trajectory
+    from trajcli.io.inventory import Inventory
+    from trajcli.pipeline import read_trajectory
+
+    if options.scheduler is not None:
+        from trajcli.engine.distributed import check_scheduler_address
+
+        check_scheduler_address(options.scheduler)
+    first = runs[0].inventory
+    joint = Inventory([c for r in runs for c in r.inventory.checkpoints], [x for r in runs for x in r.inventory.readers],
+                      list(first.tensors))
+    plans = _plan(first, arch, head_flags)
+    distributed = options.scheduler is not None or options.workers is not None
+    device = "cpu" if distributed else resolve_device(options.device)
+    grams = read_trajectory(joint, parse_budget(options.memory_budget), options.quiet, plans.segments, device,
+                            options.scheduler, options.workers, read_threads=options.read_threads)
+    bounds, start = [], 0
+    for run in runs:
+        stop = start + len(run.inventory.checkpoints)
+        bounds.append((start, stop))
+        _analyse(run, sub_trajectory(grams, start, stop), plans)
+        start = stop
+    whole = derive_gramset(grams, plans.segments, {}, joint.tensors)
+    return joint_maps(whole, runs, bounds)
+
+
+def joint_maps(grams, runs: list[_Run], bounds: list[tuple[int, int]]) -> tuple[dict, dict]:
+    """The joint raw and displacement maps of runs read together (checkpoints of run r at bounds[r]),
+    and their 2-D picture."""
+    basis, bad = grams.whole()
+    n = basis.shape[0]
+    labels = [f"{r.source.name}/{c.name}" for r in runs for c in r.inventory.checkpoints]
+    raw = tm.cosine_matrix(tm.mode_vectors(basis, "raw", bad_ckpts=bad))
+    starts = [s for s, _ in bounds]
+    start_of = [s for s, e in bounds for _ in range(s, e)]
+    identical = set(tm.identical_pairs(basis, bad))
+    shared = all((starts[0], s) in identical for s in starts[1:])
+    # θ_k − θ_ref(run): the basis vectors from the run's first checkpoint to k, a 0/1 row of coefficients
+    # (the same terms as within one run: no difference of raw Grams)
+    coeff = np.zeros((n, n))
+    for k in range(n):
+        coeff[k, start_of[k] + 1:k + 1] = 1.0
+    gram = coeff @ basis @ coeff.T
+    bound = np.diagonal(coeff @ np.abs(basis) @ coeff.T)
+    keep = [k for k in range(n) if k not in starts]
+    vectors = tm.ModeVectors(gram[np.ix_(keep, keep)], np.diagonal(gram)[keep] <= tm.ZERO_TOLERANCE * bound[keep],
+                             np.array([k in bad or start_of[k] in bad for k in keep], dtype=bool))
+    displacement = tm.cosine_matrix(vectors)
+    doc = {"labels": labels, "runs": [r.source.name for r, (s, e) in zip(runs, bounds) for _ in range(s, e)],
+           "reference": "the shared initial checkpoint" if shared else "each run's first checkpoint",
+           "shared_init": shared,
+           "raw": {"labels": labels, "matrix": tm.json_matrix(raw)},
+           "displacement": {"labels": [labels[k] for k in keep], "matrix": tm.json_matrix(displacement)},
+           "pca": _pca(gram)}
+    return doc, {"raw": raw, "displacement": displacement}
+
+
+def _pca(gram: np.ndarray) -> dict:
+    """The points whose Gram is `gram` (θ_k − θ_ref(run): every run starts at the origin) on their top
+    two principal directions (classical MDS of the centred Gram): where the runs went, whatever their
+    initial weights."""
+    n = gram.shape[0]
+    centre = np.eye(n) - np.full((n, n), 1.0 / n)
+    eig, vec = np.linalg.eigh(centre @ ((gram + gram.T) / 2) @ centre)
+    order = np.argsort(eig)[::-1]
+    positive = np.clip(eig[order], 0.0, None)
+    coords = vec[:, order[:2]] * np.sqrt(positive[:2])
+    total = positive.sum()
+    return {"coords": coords.tolist(),
+            "explained_variance_ratio": (positive[:2] / total).tolist() if total > 0 else [None, None],
+            "points": "theta_k - theta_ref(run): every run starts at the origin"}
+
+
+def _mds_curve(doc: dict) -> list[dict]:
+    """ω of the displacement map over the checkpoints up to each one (from the third on)."""
+    cos = np.array(doc["matrix"], dtype=float)
+    steps = [c["step"] for c in doc["checkpoints"]][1:]  # the reference's row is not in the map
+    out = []
+    for k in range(2, cos.shape[0] + 1):
+        out.append({"step": steps[k - 1], "mds": tm.mean_directional_similarity(cos[:k, :k])})
+    return out
+
+
+def _row(run: _Run) -> dict:
+    from trajcli.analysis import qkv_summary
+
+    sims = {mode: run.docs[f"similarity_{mode}"] for mode in tm.MODES}
+    disp = sims["displacement"]
+    qkv = run.docs.get("qkv")
+    het, middle = qkv_summary(qkv) if qkv else (None, None)
+    return {"name": run.source.name, "path": str(run.source.path), "group": run.source.group,
+            "saved_result": run.source.saved, "hyperparameters": run.hyperparameters,
+            "n_checkpoints": disp["n_checkpoints"], "n_params": disp["n_params"],
+            "first_step": disp["checkpoints"][0]["step"], "last_step": disp["checkpoints"][-1]["step"],
+            "architecture": qkv["architecture"] if qkv else None,
+            "mds": {mode: sims[mode]["mds"] for mode in tm.MODES},
+            "mds_raw": sims["raw"]["mds"], "mds_displacement": disp["mds"], "mds_update": sims["update"]["mds"],
+            "mds_displacement_early": disp["mds_early"], "mds_displacement_late": disp["mds_late"],
+            "mds_curve": _mds_curve(disp),
+            "path_length": disp["path"]["path_length"], "straightness": disp["path"]["straightness"],
+            "cone_apex_angle_deg": disp["path"]["cone_apex_angle_deg"],
+            "qkv_heterogeneity_mean": het, "qkv_heterogeneity_middle_third": middle,
+            "qkv_depth": [[e["depth"], e["heterogeneity"]] for e in qkv["layers"]] if qkv else None}
+
+
+def _differing(rows: list[dict]) -> list[str]:
+    keys = sorted({k for r in rows for k in r["hyperparameters"]})
+    return [k for k in keys if len({repr(r["hyperparameters"].get(k, {}).get("value")) for r in rows}) > 1]
+
+
+def _groups(rows: list[dict]) -> list[dict]:
+    names = []
+    for r in rows:
+        if r["group"] is not None and r["group"] not in names:
+            names.append(r["group"])
+    out = []
+    for name in names:
+        members = [r for r in rows if r["group"] == name]
+        stats = {}
+        for key in SCALARS:
+            values = np.array([r[key] for r in members if r[key] is not None], dtype=float)
+            stats[key] = None if not values.size else {
+                "mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1 else None,
+                "min": float(values.min()), "max": float(values.max()), "n": int(values.size)}
+        out.append({"name": name, "runs": [r["name"] for r in members], **stats})
+    return out
+
+
+def _scale(rows: list[dict]) -> list[dict] | None:
+    """Runs of different sizes, smallest first, with the measures that compare across scale."""
+    if len({r["n_params"] for r in rows}) < 2:
+        return None
+    keys = ("mds_displacement", "qkv_heterogeneity_mean", "qkv_heterogeneity_middle_third")
+    return [{"name": r["name"], "n_params": r["n_params"], **{k: r[k] for k in keys}}
+            for r in sorted(rows, key=lambda r: r["n_params"])]
+
+
+def findings(rows: list[dict]) -> list[str]:
+    """Sentences computed from these runs' numbers only: the ω (displacement) ordering of the groups
+    (or runs), whether the groups are apart beyond their seeds' spread, and from which checkpoint the
+    ordering holds to the end."""
+    units = _units(rows)
+    if len(units) < 2:
+        return []
+    means = {name: float(np.mean([r["mds_displacement"] for r in members])) for name, members in units.items()
+             if all(r["mds_displacement"] is not None for r in members)}
+    if len(means) < 2:
+        return ["ω (displacement) is undefined for some runs: no ordering."]
+    order = sorted(means, key=means.get)
+    said = ["ω (displacement), lowest (most exploration) to highest: "
+            + " < ".join(f"{name} {means[name]:.4f}" for name in order) + "."]
+    spreads = {name: max(r["mds_displacement"] for r in units[name]) - min(r["mds_displacement"] for r in units[name])
+               for name in order}
+    gaps = [means[b] - means[a] for a, b in zip(order, order[1:])]
+    if any(len(units[n]) > 1 for n in order):
+        widest = max(spreads.values())
+        apart = all(g > widest for g in gaps)
+        said.append(f"The seeds of each group spread by at most {widest:.4f}; " + (
+            "every neighbouring pair of groups is further apart than that." if apart
+            else "some neighbouring groups are closer than that, so their order is not settled by these seeds."))
+    since = _ordering_since(units, order)
+    if since is not None:
+        said.append(f"This ordering holds at every checkpoint from step {since} on (ω of the checkpoints up to each step).")
+    return said
+
+
+def _units(rows: list[dict]) -> dict[str, list[dict]]:
+    units: dict[str, list[dict]] = {}
+    for r in rows:
+        units.setdefault(r["group"] if r["group"] is not None else r["name"], []).append(r)
+    return units
+
+
+def _ordering_since(units: dict[str, list[dict]], order: list[str]) -> int | None:
+    """The first step from which the groups' mean ω-so-far curves keep the final ordering, when every
+    run has the same steps."""
+    curves = {name: [r["mds_curve"] for r in members] for name, members in units.items()}
+    steps = [p["step"] for p in next(iter(curves.values()))[0]]
+    if any([p["step"] for p in c] != steps for cs in curves.values() for c in cs):
+        return None
+    since = None
+    for k in range(len(steps) - 1, -1, -1):
+        values = [[c[k]["mds"] for c in curves[name]] for name in order]
+        if any(v is None for vs in values for v in vs):
+            break
+        means = [float(np.mean(vs)) for vs in values]
+        if all(a < b for a, b in zip(means, means[1:])):
+            since = steps[k]
+        else:
+            break
+    return since
