@@ -91,23 +91,27 @@ def test_groups_hold_the_mean_and_spread_of_their_seeds(tmp_path):
         assert stat["mean"] == pytest.approx(values.mean(), abs=1e-15)
         assert stat["std"] == pytest.approx(values.std(ddof=1), abs=1e-15)
         assert (stat["min"], stat["max"], stat["n"]) == (values.min(), values.max(), 3)
-    assert doc["findings"][0].startswith("ω (displacement), lowest (most exploration) to highest: ")
+    assert doc["findings"][0].startswith("ω (raw), lowest (most exploration) to highest: ")
+    assert any(f.startswith("ω (displacement), lowest (most exploration) to highest: ") for f in doc["findings"])
 
 
 def test_findings_say_the_ordering_its_spread_and_since_when():
     def row(name, group, curve):
         return {"name": name, "group": group, "mds_displacement": curve[-1],
-                "mds_curve": [{"step": s, "mds": v} for s, v in zip((2, 4, 8, 16), curve)]}
+                "mds_curve": {"displacement": [{"step": s, "mds": v} for s, v in zip((2, 4, 8, 16), curve)]}}
 
     rows = [row("a0", "a", [0.9, 0.7, 0.60, 0.50]), row("a1", "a", [0.9, 0.72, 0.61, 0.52]),
             row("b0", "b", [0.8, 0.8, 0.70, 0.70]), row("b1", "b", [0.8, 0.8, 0.71, 0.72])]
-    said = findings(rows)
+    said = findings(rows, "displacement")
     assert said[0] == "ω (displacement), lowest (most exploration) to highest: a 0.5100 < b 0.7100."
-    assert said[1] == ("The seeds of each group spread by at most 0.0200; every neighbouring pair of groups is "
-                       "further apart than that.")
-    assert said[2] == "This ordering holds at every checkpoint from step 4 on (ω of the checkpoints up to each step)."
+    assert said[1] == ("The seeds of each group spread ω (displacement) by at most 0.0200; every neighbouring pair "
+                       "of groups is further apart than that.")
+    assert said[2] == ("This ordering of ω (displacement) holds, beyond the seeds' spread, at every checkpoint from "
+                       "step 4 on (ω of the checkpoints up to each step).")  # step 4: apart by 0.09, spread 0.02
+    rows[1]["mds_curve"]["displacement"][1]["mds"] = 0.79  # now at step 4 a's seeds spread by 0.09 > the gap 0.055
+    assert "from step 8 on" in findings(rows, "displacement")[2]
     close = [row("a0", "a", [0.5] * 4), row("a1", "a", [0.6] * 4), row("b0", "b", [0.55] * 4), row("b1", "b", [0.62] * 4)]
-    assert "not settled by these seeds" in findings(close)[1]
+    assert "not settled by these seeds" in findings(close, "displacement")[1]
 
 
 def test_runs_of_different_sizes_give_a_scale_table_and_no_joint_map(tmp_path):
@@ -186,7 +190,7 @@ def test_compare_writes_its_files_and_refuses_a_bad_call(tmp_path):
                      "compare_joint_raw.png", "compare_mds.png", "compare_pca.png"]
     assert (tmp_path / "out" / "compare.csv").read_text().splitlines()[0].startswith("name,group,n_checkpoints")
     page = (tmp_path / "out" / "compare.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "ω (displacement), lowest" in page
+    assert page.count("data:image/png;base64,") == 4 and "ω (raw), lowest" in page
     assert run(["compare", str(tmp_path / "run0")]).exit_code == 2  # one run
     twice = run(["compare", str(tmp_path / "run0"), f"run0={tmp_path / 'run1'}"])
     assert twice.exit_code == 2 and "named run0 more than once" in twice.stderr

@@ -62,3 +62,34 @@ def test_demo_command_end_to_end(tmp_path):
     assert "MDS ω, displacement" in result.stdout
     again = run(["demo", tmp_path / "demo", "--quiet", "--no-curvature"])
     assert again.exit_code == 0 and "already in" in again.stderr
+
+
+def test_the_sweep_pins_its_numbers_and_states_them(tmp_path, monkeypatch):
+    """`trajcli demo --sweep` on 64 steps (the full sweep runs 512): the four settings × two seeds,
+    compared; the numbers are fixed by the seeds, and the page's sentences follow from them."""
+    import functools
+
+    import trajcli.demo as demo
+
+    monkeypatch.setattr(demo, "make_sweep", functools.partial(demo.make_sweep, steps=[0, 1, 2, 4, 8, 16, 32, 64]))
+    result = run(["demo", tmp_path / "d", "--sweep", "-q"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads((tmp_path / "d" / "sweep-report" / "compare.json").read_text())
+    assert [r["name"] for r in doc["runs"]] == [f"{s}-seed{k}" for s in demo.SWEEP_SETTINGS for k in (0, 1)]
+    pinned = {"sgd": (0.9983488267144216, 0.6877611309092087), "sgd+wd": (0.9981918851599803, 0.7037878955021111),
+              "momentum": (0.9832858565613881, 0.6822938903134274),
+              "momentum+wd": (0.9696486838934106, 0.6684654425027861)}
+    for g in doc["groups"]:
+        assert (g["mds_raw"]["mean"], g["mds_displacement"]["mean"]) == pytest.approx(pinned[g["name"]], rel=1e-5)
+    assert doc["differing_hyperparameters"] == ["momentum", "seed", "weight_decay"]
+    assert doc["findings"][0] == ("ω (raw), lowest (most exploration) to highest: momentum+wd 0.9696 < momentum 0.9833 "
+                                  "< sgd+wd 0.9982 < sgd 0.9983.")
+    assert doc["findings"][-1].endswith("This sweep agrees: momentum with weight decay explores most (lowest raw ω).")
+    assert "This sweep agrees" in (tmp_path / "d" / "sweep-report" / "compare.html").read_text()
+
+
+def test_the_sweep_finding_says_when_it_disagrees():
+    from trajcli.demo import SWEEP_SETTINGS, sweep_finding
+
+    doc = {"groups": [{"name": n, "mds_raw": {"mean": m}} for n, m in zip(SWEEP_SETTINGS, (0.5, 0.9, 0.8, 0.7))]}
+    assert sweep_finding(doc).endswith("This sweep does not agree: sgd, not momentum+wd, has the lowest raw ω.")

@@ -100,7 +100,7 @@ def compare(sources: list[RunSource], selection, options, arch: str | None = Non
     doc = {"schema": COMPARE_SCHEMA, "trajcli_version": __version__, "runs": rows,
            "differing_hyperparameters": _differing(rows), "groups": _groups(rows),
            "joint": joint_doc, "joint_not_computed": None if joint else why_not,
-           "scale": _scale(rows), "findings": findings(rows)}
+           "scale": _scale(rows), "findings": findings(rows, "raw") + findings(rows, "displacement")}
     return doc, matrices
 
 
@@ -238,13 +238,15 @@ def _pca(gram: np.ndarray) -> dict:
 
 
 def _mds_curve(doc: dict) -> list[dict]:
-    """ω of the displacement map over the checkpoints up to each one (from the third on)."""
+    """ω of a map over the checkpoints up to each one (from the second row on), at their steps."""
     cos = np.array(doc["matrix"], dtype=float)
-    steps = [c["step"] for c in doc["checkpoints"]][1:]  # the reference's row is not in the map
-    out = []
-    for k in range(2, cos.shape[0] + 1):
-        out.append({"step": steps[k - 1], "mds": tm.mean_directional_similarity(cos[:k, :k])})
-    return out
+    steps = [c["step"] for c in doc["checkpoints"]]
+    if doc["mode"] == "displacement":
+        steps = steps[1:]  # the reference has no row
+    elif doc["mode"] == "update":
+        steps = steps[1:]  # a row per update, at the step that ends it
+    return [{"step": steps[k - 1], "mds": tm.mean_directional_similarity(cos[:k, :k])}
+            for k in range(2, cos.shape[0] + 1)]
 
 
 def _row(run: _Run) -> dict:
@@ -262,7 +264,7 @@ def _row(run: _Run) -> dict:
             "mds": {mode: sims[mode]["mds"] for mode in tm.MODES},
             "mds_raw": sims["raw"]["mds"], "mds_displacement": disp["mds"], "mds_update": sims["update"]["mds"],
             "mds_displacement_early": disp["mds_early"], "mds_displacement_late": disp["mds_late"],
-            "mds_curve": _mds_curve(disp),
+            "mds_curve": {mode: _mds_curve(sims[mode]) for mode in ("raw", "displacement")},
             "path_length": disp["path"]["path_length"], "straightness": disp["path"]["straightness"],
             "cone_apex_angle_deg": disp["path"]["cone_apex_angle_deg"],
             "qkv_heterogeneity_mean": het, "qkv_heterogeneity_middle_third": middle,
@@ -301,32 +303,30 @@ def _scale(rows: list[dict]) -> list[dict] | None:
             for r in sorted(rows, key=lambda r: r["n_params"])]
 
 
-def findings(rows: list[dict]) -> list[str]:
-    """Sentences computed from these runs' numbers only: the ω (displacement) ordering of the groups
-    (or runs), whether the groups are apart beyond their seeds' spread, and from which checkpoint the
+def findings(rows: list[dict], mode: str = "displacement") -> list[str]:
+    """Sentences computed from these runs' numbers only: the ω ordering (in `mode`) of the groups (or
+    runs), whether the groups are apart beyond their seeds' spread, and from which checkpoint the
     ordering holds to the end."""
+    key = f"mds_{mode}"
     units = _units(rows)
     if len(units) < 2:
         return []
-    means = {name: float(np.mean([r["mds_displacement"] for r in members])) for name, members in units.items()
-             if all(r["mds_displacement"] is not None for r in members)}
-    if len(means) < 2:
-        return ["ω (displacement) is undefined for some runs: no ordering."]
+    if any(r[key] is None for members in units.values() for r in members):
+        return [f"ω ({mode}) is undefined for some runs: no ordering."]
+    means = {name: float(np.mean([r[key] for r in members])) for name, members in units.items()}
     order = sorted(means, key=means.get)
-    said = ["ω (displacement), lowest (most exploration) to highest: "
+    said = [f"ω ({mode}), lowest (most exploration) to highest: "
             + " < ".join(f"{name} {means[name]:.4f}" for name in order) + "."]
-    spreads = {name: max(r["mds_displacement"] for r in units[name]) - min(r["mds_displacement"] for r in units[name])
-               for name in order}
-    gaps = [means[b] - means[a] for a, b in zip(order, order[1:])]
     if any(len(units[n]) > 1 for n in order):
-        widest = max(spreads.values())
-        apart = all(g > widest for g in gaps)
-        said.append(f"The seeds of each group spread by at most {widest:.4f}; " + (
+        widest = max(max(r[key] for r in units[n]) - min(r[key] for r in units[n]) for n in order)
+        apart = all(means[b] - means[a] > widest for a, b in zip(order, order[1:]))
+        said.append(f"The seeds of each group spread ω ({mode}) by at most {widest:.4f}; " + (
             "every neighbouring pair of groups is further apart than that." if apart
             else "some neighbouring groups are closer than that, so their order is not settled by these seeds."))
-    since = _ordering_since(units, order)
+    since = _ordering_since(units, order, mode)
     if since is not None:
-        said.append(f"This ordering holds at every checkpoint from step {since} on (ω of the checkpoints up to each step).")
+        said.append(f"This ordering of ω ({mode}) holds, beyond the seeds' spread, at every checkpoint from step "
+                    f"{since} on (ω of the checkpoints up to each step).")
     return said
 
 
@@ -337,10 +337,11 @@ def _units(rows: list[dict]) -> dict[str, list[dict]]:
     return units
 
 
-def _ordering_since(units: dict[str, list[dict]], order: list[str]) -> int | None:
-    """The first step from which the groups' mean ω-so-far curves keep the final ordering, when every
-    run has the same steps."""
-    curves = {name: [r["mds_curve"] for r in members] for name, members in units.items()}
+def _ordering_since(units: dict[str, list[dict]], order: list[str], mode: str) -> int | None:
+    """The first step from which the groups' mean ω-so-far curves keep the final ordering, each
+    neighbouring pair further apart than the widest spread of a group's seeds at that step — when
+    every run has the same steps."""
+    curves = {name: [r["mds_curve"][mode] for r in members] for name, members in units.items()}
     steps = [p["step"] for p in next(iter(curves.values()))[0]]
     if any([p["step"] for p in c] != steps for cs in curves.values() for c in cs):
         return None
@@ -350,7 +351,8 @@ def _ordering_since(units: dict[str, list[dict]], order: list[str]) -> int | Non
         if any(v is None for vs in values for v in vs):
             break
         means = [float(np.mean(vs)) for vs in values]
-        if all(a < b for a, b in zip(means, means[1:])):
+        spread = max(max(vs) - min(vs) for vs in values)  # 0 with one run per group
+        if all(b - a > spread for a, b in zip(means, means[1:])):
             since = steps[k]
         else:
             break

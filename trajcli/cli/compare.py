@@ -25,6 +25,13 @@ def compare(runs: RunsArg, group: GroupOpt = None, out: OutOpt = None, plot_form
 
       trajcli compare runs/*-seed* --group '^(.*)-seed\\d+$' --json
     """
+    run_compare(runs, group, out, plot_format, json_output, selection, options, heads.arch, heads.flags)
+
+
+def run_compare(runs, group, out, plot_format, json_output, selection, options, arch=None, head_flags=None,
+                more_findings=None) -> dict:
+    """The compare flow, shared by `compare` and `demo --sweep` (whose `more_findings(doc)` adds its
+    sentences); returns the document."""
     from trajcli.cli.app import warn_all
     from trajcli.comparison import compare as compare_runs
     from trajcli.comparison import run_sources
@@ -35,8 +42,11 @@ def compare(runs: RunsArg, group: GroupOpt = None, out: OutOpt = None, plot_form
     if out is not None:
         out_dir = writers.prepare_out_dir(out, [s.path for s in sources])
         render._held(out_dir)
-    doc, matrices = compare_runs(sources, selection, options, heads.arch, heads.flags,
+    doc, matrices = compare_runs(sources, selection, options, arch, head_flags or {},
                                  notify=lambda message: None if options.quiet else typer.echo(f"trajcli: {message}", err=True))
+    if more_findings is not None:
+        doc["findings"].append(more_findings(doc))
     warn_all([] if doc["joint"] is not None else [f"no joint map: {doc['joint_not_computed']}"], options.quiet)
     written = render.write(out_dir, compare_files.add_compare, doc, matrices, plot_format) if out_dir is not None else []
     finish(doc, written, json_output, compare_files.print_compare)
+    return doc

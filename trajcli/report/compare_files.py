@@ -29,23 +29,24 @@ def _colours(rows: list[dict]) -> dict[str, str]:
 
 
 def mds_curves(path: Path, rows: list[dict], fmt: str = "png") -> None:
-    """ω (displacement) of the checkpoints up to each step, a line per run, a colour per group."""
+    """ω (raw and displacement) of the checkpoints up to each step, a line per run, a colour per group."""
     plt = plots._pyplot()
     colours = _colours(rows)
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=plots.DPI)
-    seen = set()
-    for r in rows:
-        key = r["group"] if r["group"] is not None else r["name"]
-        steps = [p["step"] for p in r["mds_curve"]]
-        label = key if key not in seen else None
-        seen.add(key)
-        ax.plot(steps, plots._nan([p["mds"] for p in r["mds_curve"]]), color=colours[key], lw=1.3, label=label)
-    if any(p["step"] for r in rows for p in r["mds_curve"]):
-        plots._log_scale(ax, "x", "symlog", linthresh=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("ω (displacement) of the checkpoints so far")
-    ax.set_title("MDS over training, per run", fontsize=10)
-    plots._legend(ax, fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), dpi=plots.DPI)
+    for ax, mode in zip(axes, ("raw", "displacement")):
+        seen = set()
+        for r in rows:
+            key = r["group"] if r["group"] is not None else r["name"]
+            curve = r["mds_curve"][mode]
+            ax.plot([p["step"] for p in curve], plots._nan([p["mds"] for p in curve]), color=colours[key], lw=1.3,
+                    label=key if key not in seen else None)
+            seen.add(key)
+        if any(p["step"] for r in rows for p in r["mds_curve"][mode]):
+            plots._log_scale(ax, "x", "symlog", linthresh=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"ω ({mode}) of the checkpoints so far")
+        ax.set_title(f"MDS over training, {mode}", fontsize=10)
+        plots._legend(ax, fontsize=8)
     plots._save(fig, path, fmt)
 
 
