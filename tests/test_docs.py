@@ -95,9 +95,10 @@ def test_the_docs_define_what_a_newcomer_asks():
     assert 'trajcli.open("runs/out")' in (ROOT / "docs" / "api.md").read_text()
     outputs = (ROOT / "docs" / "outputs.md").read_text()
     from trajcli import analysis
+    from trajcli.comparison import COMPARE_SCHEMA
 
     for schema in (analysis.SIMILARITY_SCHEMA, analysis.LAYERS_SCHEMA, analysis.QKV_SCHEMA, analysis.DYNAMICS_SCHEMA,
-                   analysis.CURVATURE_SCHEMA, analysis.REPORT_SCHEMA):
+                   analysis.CURVATURE_SCHEMA, analysis.REPORT_SCHEMA, COMPARE_SCHEMA):
         assert f"### `{schema}`" in outputs, schema
 
 
