@@ -50,6 +50,29 @@ def mds_curves(path: Path, rows: list[dict], fmt: str = "png") -> None:
     plots._save(fig, path, fmt)
 
 
+def qkv_depth(path: Path, rows: list[dict], fmt: str = "png") -> None:
+    """Q/K/V heterogeneity against normalised depth, a line per run, a colour per group."""
+    plt = plots._pyplot()
+    colours = _colours(rows)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=plots.DPI)
+    seen = set()
+    for r in rows:
+        if not r["qkv_depth"]:
+            continue
+        key = r["group"] if r["group"] is not None else r["name"]
+        depth = [d for d, _ in r["qkv_depth"]]
+        ax.plot(depth, plots._nan([h for _, h in r["qkv_depth"]]), "-o", ms=3, color=colours[key],
+                label=key if key not in seen else None)
+        seen.add(key)
+    ax.axvspan(1 / 3, 2 / 3, color="#eeeeee", zorder=0)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("depth (layer / layers; the middle third shaded)")
+    ax.set_ylabel("Q/K/V heterogeneity")
+    ax.set_title("Q/K/V heterogeneity per layer, per run", fontsize=10)
+    plots._legend(ax, fontsize=8)
+    plots._save(fig, path, fmt)
+
+
 def joint_pca(path: Path, joint: dict, rows: list[dict], fmt: str = "png") -> None:
     """Every run's checkpoints in one PCA plane of the joint Gram: a path per run."""
     plt = plots._pyplot()
@@ -108,6 +131,9 @@ def add_compare(files: OutputSet, doc: dict, matrices: dict, plot_format: str) -
             names.append(name)
         names.append(f"compare_pca.{plot_format}")
         files.draw(names[-1], joint_pca, doc["joint"], rows, plot_format)
+    if any(r["qkv_depth"] for r in rows):
+        names.append(f"compare_qkv.{plot_format}")
+        files.draw(names[-1], qkv_depth, rows, plot_format)
     if doc["scale"] is not None:
         names.append(f"compare_scale.{plot_format}")
         files.draw(names[-1], scale, doc["scale"], plot_format)
