@@ -207,3 +207,25 @@ def test_the_python_api_compares_too(tmp_path):
     np.testing.assert_allclose(result.joint_raw, raw, atol=1e-12)
     assert result.schema == "trajcli.compare/1" and [r["name"] for r in result.to_dict()["runs"]] == ["run0", "run1"]
     assert math.isfinite(result.to_frame()["mds_displacement"].iloc[0])
+
+
+def test_effective_learning_rates_and_sharpness_where_the_runs_carry_them(tmp_path):
+    from trajcli.comparison import _curvature_columns
+
+    runs = [random_trajectory(3, seed=s) for s in (6, 7)]
+    for i, sds in enumerate(runs):
+        for k, sd in enumerate(sds):
+            folder = save_safetensors_dir(tmp_path / f"run{i}" / f"checkpoint-{10 * k}", sd)
+            history = [{"step": 10 * j, "learning_rate": 0.1 * (i + 1)} for j in range(k + 1)]
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": 10 * k, "log_history": history}))
+    doc = run_json(["compare", str(tmp_path / "run0"), str(tmp_path / "run1"), "--out", tmp_path / "out"])
+    for i, (row, sds) in enumerate(zip(doc["runs"], runs)):
+        norm2 = float(flatten(sds[-1]) @ flatten(sds[-1]))
+        assert row["effective_lr_last"] == pytest.approx(0.1 * (i + 1) / norm2, rel=1e-12)
+        assert [p["step"] for p in row["effective_lr"]] == [0, 10, 20] and row["regime"] is None
+    assert doc["groups"] == [] and (tmp_path / "out" / "compare_elr.png").is_file()
+    curvature = {"edge_of_stability": {"gd": {"values": [20.0, 40.0]}},
+                 "points": [{"step": 0, "eigenvalues": [3.0, 1.0]}, {"step": 10, "eigenvalues": [5.0, 2.0]}]}
+    assert _curvature_columns(curvature) == {
+        "sharpness": [{"step": 0, "lambda_max": 3.0, "two_over_lr": 20.0}, {"step": 10, "lambda_max": 5.0, "two_over_lr": 40.0}],
+        "sharpness_last": 5.0}

@@ -19,7 +19,7 @@ COMPARE_SCHEMA = "trajcli.compare/1"
 # The per-run numbers groups summarise (mean, spread); each is a float or None in a run's row.
 SCALARS = ("mds_raw", "mds_displacement", "mds_update", "mds_displacement_early", "mds_displacement_late",
            "path_length", "straightness", "cone_apex_angle_deg", "qkv_heterogeneity_mean",
-           "qkv_heterogeneity_middle_third")
+           "qkv_heterogeneity_middle_third", "effective_lr_last", "sharpness_last")
 
 
 @dataclass
@@ -113,8 +113,9 @@ def _saved_documents(folder: Path) -> dict:
         if not path.is_file():
             raise DataError(f"{folder} has report.json but no {path.name}", "run `trajcli report` into it again")
         docs[f"similarity_{mode}"] = read_json(path, "similarity result", "")
-    if (folder / "qkv.json").is_file():
-        docs["qkv"] = read_json(folder / "qkv.json", "Q/K/V result", "")
+    for part, what in (("qkv", "Q/K/V result"), ("dynamics", "dynamics result"), ("curvature", "curvature result")):
+        if (folder / f"{part}.json").is_file():
+            docs[part] = read_json(folder / f"{part}.json", what, "")
     return docs
 
 
@@ -138,13 +139,21 @@ def _plan(inv, arch, head_flags):
 
 
 def _analyse(run: _Run, grams, plans) -> None:
-    from trajcli.analysis import qkv_result, similarity_result
+    from trajcli.analysis import dynamics_result, qkv_result, similarity_result
+    from trajcli.arch.grouping import scale_invariant_tensors
+    from trajcli.engine.store import derive_gramset
+    from trajcli.io.lr import learning_rate_points
 
+    inv = run.inventory
     for mode in tm.MODES:
-        run.docs[f"similarity_{mode}"], _, _ = similarity_result(run.inventory, grams, mode)
+        run.docs[f"similarity_{mode}"], _, _ = similarity_result(inv, grams, mode)
     if plans.qkv is not None:
-        run.docs["qkv"], _ = qkv_result(run.inventory, grams, plans.qkv, plans.qkv_layers, "displacement",
+        run.docs["qkv"], _ = qkv_result(inv, grams, plans.qkv, plans.qkv_layers, "displacement",
                                         plans.architecture, True, plans.architecture.heads is not None)
+    names = {t.name for t in inv.tensors} | {d["tensor"] for d in inv.left_out}
+    points, source = learning_rate_points(inv, None, None)
+    run.docs["dynamics"], _ = dynamics_result(inv, derive_gramset(grams, plans.segments, {}, inv.tensors), points,
+                                              source, scale_invariant_tensors(inv.tensors, names, None))
 
 
 def _read_alone(run: _Run, selection, options, arch, head_flags, notify) -> None:
@@ -268,7 +277,31 @@ def _row(run: _Run) -> dict:
             "path_length": disp["path"]["path_length"], "straightness": disp["path"]["straightness"],
             "cone_apex_angle_deg": disp["path"]["cone_apex_angle_deg"],
             "qkv_heterogeneity_mean": het, "qkv_heterogeneity_middle_third": middle,
-            "qkv_depth": [[e["depth"], e["heterogeneity"]] for e in qkv["layers"]] if qkv else None}
+            "qkv_depth": [[e["depth"], e["heterogeneity"]] for e in qkv["layers"]] if qkv else None,
+            **_dynamics_columns(run.docs.get("dynamics")), **_curvature_columns(run.docs.get("curvature"))}
+
+
+def _dynamics_columns(doc: dict | None) -> dict:
+    """The whole model's effective learning rate η/‖θ‖² per checkpoint (where the run saved its
+    learning rate), and the regime of its scale-invariant weights (where there are any)."""
+    if doc is None:
+        return {"effective_lr": None, "effective_lr_last": None, "regime": None}
+    model = next(g for g in doc["groups"] if g["kind"] == "model")
+    invariant = next((g for g in doc["groups"] if g["kind"] == "scale_invariant"), None)
+    series = model["effective_lr"]
+    return {"effective_lr": [{"step": s, "value": v} for s, v in zip(doc["steps"], series)] if series else None,
+            "effective_lr_last": series[-1] if series else None,
+            "regime": invariant["regime"]["verdict"] if invariant else None}
+
+
+def _curvature_columns(doc: dict | None) -> dict:
+    """The sharpness λ_max per checkpoint against 2/η, where the run's result folder holds curvature.json."""
+    if doc is None:
+        return {"sharpness": None, "sharpness_last": None}
+    gd = (doc.get("edge_of_stability") or {}).get("gd", {}).get("values") or [None] * len(doc["points"])
+    series = [{"step": p["step"], "lambda_max": p["eigenvalues"][0] if p["eigenvalues"] else None, "two_over_lr": g}
+              for p, g in zip(doc["points"], gd)]
+    return {"sharpness": series, "sharpness_last": series[-1]["lambda_max"] if series else None}
 
 
 def _differing(rows: list[dict]) -> list[str]:

@@ -14,7 +14,8 @@ from trajcli.report.writers import OutputSet, rows_csv
 
 CSV_COLUMNS = ["name", "group", "n_checkpoints", "n_params", "first_step", "last_step", "mds_raw", "mds_displacement",
                "mds_update", "mds_displacement_early", "mds_displacement_late", "path_length", "straightness",
-               "cone_apex_angle_deg", "qkv_heterogeneity_mean", "qkv_heterogeneity_middle_third"]
+               "cone_apex_angle_deg", "qkv_heterogeneity_mean", "qkv_heterogeneity_middle_third", "effective_lr_last",
+               "regime", "sharpness_last"]
 
 
 def _colours(rows: list[dict]) -> dict[str, str]:
@@ -69,6 +70,33 @@ def qkv_depth(path: Path, rows: list[dict], fmt: str = "png") -> None:
     ax.set_xlabel("depth (layer / layers; the middle third shaded)")
     ax.set_ylabel("Q/K/V heterogeneity")
     ax.set_title("Q/K/V heterogeneity per layer, per run", fontsize=10)
+    plots._legend(ax, fontsize=8)
+    plots._save(fig, path, fmt)
+
+
+def series(path: Path, rows: list[dict], key: str, value: str, ylabel: str, title: str, fmt: str = "png") -> None:
+    """A per-checkpoint series of each run (effective learning rate, sharpness) against step, log axes;
+    for sharpness, 2/η dashed in the run's colour."""
+    plt = plots._pyplot()
+    colours = _colours(rows)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=plots.DPI)
+    seen = set()
+    for r in rows:
+        if not r[key]:
+            continue
+        colour = colours[r["group"] if r["group"] is not None else r["name"]]
+        label = (r["group"] or r["name"]) if (r["group"] or r["name"]) not in seen else None
+        seen.add(r["group"] or r["name"])
+        steps = [p["step"] for p in r[key]]
+        ax.plot(steps, plots._nan([p[value] for p in r[key]]), "-o", ms=3, color=colour, label=label)
+        if key == "sharpness":
+            ax.plot(steps, plots._nan([p["two_over_lr"] for p in r[key]]), "--", lw=1, color=colour)
+    plots._log_scale(ax, "y")
+    if any(p["step"] for r in rows if r[key] for p in r[key]):
+        plots._log_scale(ax, "x", "symlog", linthresh=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     plots._legend(ax, fontsize=8)
     plots._save(fig, path, fmt)
 
@@ -134,6 +162,14 @@ def add_compare(files: OutputSet, doc: dict, matrices: dict, plot_format: str) -
     if any(r["qkv_depth"] for r in rows):
         names.append(f"compare_qkv.{plot_format}")
         files.draw(names[-1], qkv_depth, rows, plot_format)
+    if any(r["effective_lr"] for r in rows):
+        names.append(f"compare_elr.{plot_format}")
+        files.draw(names[-1], series, rows, "effective_lr", "value", "η / ‖θ‖² (whole model)",
+                   "effective learning rate per run", plot_format)
+    if any(r["sharpness"] for r in rows):
+        names.append(f"compare_sharpness.{plot_format}")
+        files.draw(names[-1], series, rows, "sharpness", "lambda_max", "λ_max (dashed: 2/η)",
+                   "sharpness per run, against 2/η", plot_format)
     if doc["scale"] is not None:
         names.append(f"compare_scale.{plot_format}")
         files.draw(names[-1], scale, doc["scale"], plot_format)
