@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -135,14 +136,31 @@ def _parse(text: str) -> int:
     return parse_budget(text)
 
 
-def timed(commands: dict[str, list[str]], repeat: int) -> dict[str, tuple[float, int]]:
+def evict(folder: Path) -> bool:
+    """Drop the files under `folder` from the page cache (posix_fadvise DONTNEED: no root needed);
+    False where the platform has no such call."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for path in folder.rglob("*.safetensors"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True
+
+
+def timed(commands: dict[str, list[str]], repeat: int, cold: Path | None = None) -> dict[str, tuple[float, int]]:
     """{name: (median wall seconds, max peak RssAnon)} over `repeat` rounds of whole processes. Each
     round runs every command once, in turn, so that the ratios between them see the same machine (a
-    shared VM drifts between minutes)."""
+    shared VM drifts between minutes). With `cold`, that folder's files leave the page cache before
+    every command."""
     walls: dict[str, list[float]] = {k: [] for k in commands}
     peaks: dict[str, list[int]] = {k: [] for k in commands}
     for _ in range(repeat):
         for name, cmd in commands.items():
+            if cold is not None:
+                evict(cold)
             peak, wall = peak_anon(cmd, CHILDREN.setdefault(name, []))
             walls[name].append(wall)
             peaks[name].append(peak)
@@ -176,6 +194,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--skip-pairwise", action="store_true")
     parser.add_argument("--memory-budget", default="256MiB")
+    parser.add_argument("--cold", action="store_true",
+                        help="also time the pass with the checkpoints out of the page cache, against cat of the same files")
     parser.add_argument("--workers", type=int, default=2,
                         help="also time similarity on a local Dask cluster of this many workers (0: skip; needs trajcli[dask])")
     args = parser.parse_args()
@@ -214,6 +234,14 @@ def main() -> None:
             row["reuse_s"], row["startup_s"] = again["reuse"][0], again["startup"][0]
             if not args.skip_pairwise:
                 row["pairwise"] = timed({"pairwise": [py, "-c", PAIRWISE, str(folder)]}, 1)["pairwise"]
+            if args.cold:
+                files = sorted(str(f) for f in folder.rglob("*.safetensors"))
+                if evict(folder):
+                    cold = timed({"cat": ["sh", "-c", 'cat "$@" > /dev/null', "cat", *files],
+                                  "cold_similarity": commands["similarity"]}, args.repeat, cold=folder)
+                    row["cold"] = {k: v[0] for k, v in cold.items()}
+                else:
+                    row["cold"] = None
             results[n] = row
             print(f"\nN = {n}: {data_gb:.2f} GB of checkpoints (warm page cache), baseline RssAnon {baseline / MIB:.0f} MiB")
             for key in ("reference", "similarity", "all", "workers", "pairwise"):  # "all" is trajcli report
@@ -234,6 +262,14 @@ def main() -> None:
                   " (imports, matplotlib's included)")
             if "pairwise" in row:
                 print(f"  pairwise / similarity = {row['pairwise'][0] / row['similarity'][0]:.1f}")
+            if args.cold:
+                if row["cold"] is None:
+                    print("  cold cache: cannot drop files from the page cache on this platform (no posix_fadvise)")
+                else:
+                    c = row["cold"]
+                    print(f"  cold cache: cat {c['cat']:.2f} s ({data_gb / c['cat']:.2f} GB/s), similarity "
+                          f"{c['cold_similarity']:.2f} s ({data_gb / c['cold_similarity']:.2f} GB/s); "
+                          f"similarity / cat = {ratio('cold_similarity', 'cat')}")
             shutil.rmtree(folder)
         print(f"\nsimilarity N=16 / N=8 = {results[16]['similarity'][0] / results[8]['similarity'][0]:.2f}"
               f"  (reference: {results[16]['reference'][0] / results[8]['reference'][0]:.2f})")

@@ -326,3 +326,37 @@ def test_read_threads_is_a_flag_and_changes_no_number(tmp_path, monkeypatch):
     assert used == [0, 2]
     assert docs[0]["matrix"] == docs[1]["matrix"]
     assert run(["similarity", tmp_path / "run", "--read-threads", "-1"]).exit_code == 2
+
+
+@pytest.mark.parametrize("args, drawn", [(["inspect"], False), (["similarity", "--json"], False),
+                                         (["layers", "--by", "block", "--json"], False),
+                                         (["similarity", "--out", "OUT"], True)])
+def test_safetensors_commands_never_import_torch(tmp_path, args, drawn):
+    """On the CPU, safetensors rows are read and multiplied with numpy: torch (seconds to import) is not
+    loaded; matplotlib only where a figure is drawn."""
+    for k, sd in enumerate(random_trajectory(3, seed=2)):
+        save_safetensors_dir(tmp_path / "run" / f"checkpoint-{k}", sd)
+    argv = [args[0], str(tmp_path / "run"), *[str(tmp_path / "out") if a == "OUT" else a for a in args[1:]], "-q"] \
+        if args[0] != "inspect" else ["inspect", str(tmp_path / "run")]
+    code = ("import contextlib, io, sys\nfrom trajcli.launch import main\nsys.argv = ['trajcli', *sys.argv[1:]]\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    try:\n        main()\n    except SystemExit as e:\n"
+            "        assert not e.code, e.code\n"
+            "print('torch' in sys.modules, 'matplotlib' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"False {drawn}"
+
+
+def test_cuda_is_looked_for_without_torch_where_it_cannot_be(monkeypatch):
+    from importlib import metadata
+
+    from trajcli.engine import gram
+
+    monkeypatch.setattr(metadata, "version", lambda name: "2.13.0+cpu")
+    assert not gram.cuda_possible() and gram.resolve_device("auto") == "cpu"
+    monkeypatch.setattr(metadata, "version", lambda name: "2.13.0")
+    monkeypatch.setattr(gram.Path, "exists", lambda self: False)
+    if sys.platform.startswith("linux"):
+        assert not gram.cuda_possible()  # no driver device node: no CUDA, whatever the build
+    monkeypatch.setattr(gram.Path, "exists", lambda self: str(self) == "/dev/nvidiactl")
+    assert gram.cuda_possible() == (sys.platform != "darwin")

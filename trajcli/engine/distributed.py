@@ -76,10 +76,10 @@ def _chunks_task(checkpoints: tuple[Checkpoint, ...], chunks: tuple[Chunk, ...])
             _BUFFER[:] = [np.empty(n * chunk.n_elems)]
         x = _BUFFER[0][: n * chunk.n_elems].reshape(n, chunk.n_elems)
         read_chunk(readers, chunk, x)
-        difference_in_place(x, use_torch=False)
+        difference_in_place(x)
         parts = products(x, chunk)
         if not products.finite(parts):
-            parts = products_without_nonfinite(readers, chunk, x, products, scratch, use_torch=False)
+            parts = products_without_nonfinite(readers, chunk, x, products, scratch)
         add_parts(sums, parts)
     return sums, scratch.nonfinite
 

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -216,8 +217,7 @@ def finish_gramset(grams: GramSet, inv: Inventory, segments: dict[str, Segment],
     return grams
 
 
-def products_without_nonfinite(readers: Sequence, chunk: Chunk, x: np.ndarray, products, grams: GramSet,
-                               use_torch: bool = True) -> dict:
+def products_without_nonfinite(readers: Sequence, chunk: Chunk, x: np.ndarray, products, grams: GramSet) -> dict:
     """A NaN/Inf in any checkpoint shows on a diagonal. Rare: read the chunk again from `readers` (one
     per checkpoint), zero the bad values and remember which checkpoints had them, so every other
     entry stays exact."""
@@ -229,7 +229,7 @@ def products_without_nonfinite(readers: Sequence, chunk: Chunk, x: np.ndarray, p
         if count:
             bad_counts[k] = bad_counts.get(k, 0) + count
             x[k][bad] = 0.0
-    difference_in_place(x, use_torch)
+    difference_in_place(x)
     return products(x, chunk)
 
 
@@ -301,14 +301,32 @@ class _TorchProducts:
 
 
 def resolve_device(device: str) -> str:
-    """`auto` is CUDA when torch sees a device, else the CPU; `cuda` without a device is a usage error."""
-    if device == "cpu":
-        return device
+    """`auto` is CUDA when torch sees a device, else the CPU; `cuda` without a device is a usage error.
+    torch is imported only where a CUDA device may be there (`cuda_possible`)."""
+    if device == "cpu" or (device == "auto" and not cuda_possible()):
+        return "cpu"
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available", "use --device cpu (or auto)")
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cuda_possible() -> bool:
+    """Whether a CUDA (or ROCm) device may be present, told without importing torch: not with a CPU
+    build of torch, nor on Linux without the driver's device nodes, nor on macOS. Elsewhere: maybe."""
+    import sys
+    from importlib import metadata
+
+    try:
+        version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return False
+    if "+cpu" in version or sys.platform == "darwin":
+        return False
+    if sys.platform.startswith("linux"):
+        return any(Path(node).exists() for node in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+    return True
 
 
 def _products_for(device: str):
@@ -330,20 +348,12 @@ def read_chunk(readers: Sequence, chunk: Chunk, x: np.ndarray, pool: ThreadPoolE
             future.result()
 
 
-def difference_in_place(x: np.ndarray, use_torch: bool = True) -> None:
+def difference_in_place(x: np.ndarray) -> None:
     """Rows θ_0 … θ_{N−1} become the basis b_0 = θ_0, b_k = θ_k − θ_{k−1} (to float64 rounding).
-    Last row first, so each subtraction still sees the original previous row. torch's kernel uses
-    every core for the large rows (~30 % quicker than numpy's on two); numpy's, the same numbers, is
-    for a Dask worker (one thread, no torch to import)."""
-    if not use_torch:
-        for k in range(x.shape[0] - 1, 0, -1):
-            np.subtract(x[k], x[k - 1], out=x[k])
-        return
-    import torch
-
-    t = torch.from_numpy(x)
+    Last row first, so each subtraction still sees the original previous row. numpy's kernel: torch's
+    is quicker on several cores, but importing torch costs more than it saves (benchmarks/RESULTS.md)."""
     for k in range(x.shape[0] - 1, 0, -1):
-        t[k].sub_(t[k - 1])
+        np.subtract(x[k], x[k - 1], out=x[k])
 
 
 def itemsize(dtype: str) -> int:
