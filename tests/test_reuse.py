@@ -48,8 +48,9 @@ def test_answers_from_saved_grams_and_inspect_do_not_import_torch(tmp_path):
 
 
 def test_grams_file_is_a_plain_npz_of_every_leaf_basis_gram(tmp_path):
-    """grams.npz opens with np.load alone: basis (leaves × N × N, each leaf's basis Gram, summing to
-    the whole model's) and meta (labels, leaves, where they came from)."""
+    """grams.npz opens with np.load alone: basis (leaves × N(N+1)/2, the upper triangle of each leaf's
+    basis Gram, row by row; the Grams sum to the whole model's) and meta (labels, leaves, where they
+    came from)."""
     import json
 
     from helpers import flatten
@@ -59,8 +60,12 @@ def test_grams_file_is_a_plain_npz_of_every_leaf_basis_gram(tmp_path):
         save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
     assert run(["similarity", tmp_path / "run", "--out", tmp_path / "out", "--quiet"]).exit_code == 0
     with np.load(tmp_path / "out" / "grams.npz", allow_pickle=False) as data:
-        basis, meta = data["basis"], json.loads(str(data["meta"]))
-    assert basis.shape == (len(meta["leaves"]), 4, 4) and meta["labels"] == [f"step{k}" for k in range(4)]
+        packed, meta = data["basis"], json.loads(str(data["meta"]))
+    assert packed.shape == (len(meta["leaves"]), 10) and meta["labels"] == [f"step{k}" for k in range(4)]
+    upper = np.triu_indices(4)
+    basis = np.zeros((len(packed), 4, 4))
+    basis[:, upper[0], upper[1]] = packed
+    basis[:, upper[1], upper[0]] = packed
     x = np.stack([flatten(sd) for sd in sds])
     b = np.concatenate([x[:1], np.diff(x, axis=0)])
     np.testing.assert_allclose(basis.sum(0), b @ b.T, rtol=1e-12)

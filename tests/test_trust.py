@@ -131,7 +131,7 @@ def test_a_grams_file_whose_arrays_do_not_fit_its_record_is_not_used(tmp_path):
     run(["similarity", out.parent / "run", "--out", out, "-q"])
     with np.load(out / "grams.npz", allow_pickle=False) as data:
         meta, basis = data["meta"], data["basis"]
-    for wrong in (basis[:-1], basis[:, :3, :3], basis[0], basis.astype(np.float32)):
+    for wrong in (basis[:-1], basis[:, :6], basis[0], basis.astype(np.float32), basis.reshape(len(basis), 2, 5)):
         with zipfile.ZipFile(out / "grams.npz", "w") as z:
             with z.open("meta.npy", "w") as member:
                 np.lib.format.write_array(member, meta, allow_pickle=False)

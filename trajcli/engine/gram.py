@@ -211,7 +211,10 @@ def finish_gramset(grams: GramSet, inv: Inventory, segments: dict[str, Segment],
         segment = segments.get(spec.name) or whole_segment(spec)
         per_index = spec.numel // (spec.shape[segment.axis] if spec.shape else 1)
         for start, stop, leaf in segment.ranges:
-            grams.basis[leaf] = to_numpy(sums[leaf])
+            gram = to_numpy(sums[leaf])
+            # exactly symmetric, as numpy's symmetric rank-k update makes it (a device's product may
+            # differ across the diagonal in the last bit): the upper triangle is the whole Gram
+            grams.basis[leaf] = np.triu(gram) + np.triu(gram, 1).T
             grams.tensor_of[leaf] = spec.name
             grams.n_params[leaf] = grams.n_params.get(leaf, 0) + per_index * (stop - start)
     return grams

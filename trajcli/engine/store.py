@@ -22,7 +22,7 @@ from trajcli.io.sources import file_identity
 from trajcli.types import Segment, whole_segment
 
 GRAMS_FILE = "grams.npz"
-STORE_FORMAT = 2  # 2: file identities with inode and ctime
+STORE_FORMAT = 3  # 2: file identities with inode and ctime; 3: each Gram as its upper triangle
 
 
 def identities(inv: Inventory) -> list[dict]:
@@ -81,13 +81,15 @@ def save_grams(path: Path, inv: Inventory, grams: GramSet, segments: dict[str, S
         with zipfile.ZipFile(files.path_for(path.name), "w", allowZip64=True) as z:  # as np.savez writes
             with z.open("meta.npy", "w") as member:
                 np.lib.format.write_array(member, np.array(json.dumps(meta)), allow_pickle=False)
-            # basis.npy (leaves × N × N) written leaf by leaf: no stacked copy of every Gram (a
-            # Pythia-12B cut by heads has ~9,000 leaves, 1.7 GB of Grams at N = 154)
+            # basis.npy (leaves × N(N+1)/2: each Gram's upper triangle, row by row — the Grams are
+            # exactly symmetric) written leaf by leaf: no stacked copy of every Gram (a Pythia-12B cut
+            # by heads has ~9,000 leaves)
+            upper = np.triu_indices(n)
             with z.open("basis.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_1_0(member, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float64)),
-                                                              "fortran_order": False, "shape": (len(leaves), n, n)})
+                                                              "fortran_order": False, "shape": (len(leaves), len(upper[0]))})
                 for leaf in leaves:
-                    member.write(np.ascontiguousarray(grams.basis[leaf], dtype=np.float64).data)
+                    member.write(np.ascontiguousarray(grams.basis[leaf][upper], dtype=np.float64).data)
 
 
 def _owners(segment: Segment, length: int) -> list[str | None]:
@@ -134,7 +136,12 @@ def load_grams(path: Path, inv: Inventory, segments: dict[str, Segment]) -> Gram
         return None
     if not _consistent(meta, basis, len(inv.checkpoints)):
         return None  # not what save_grams writes (edited, or another program's): read again
-    saved = GramSet(list(meta["labels"]), dict(zip(meta["leaves"], basis)), dict(meta["n_params"]),
+    n = len(inv.checkpoints)
+    upper = np.triu_indices(n)
+    full = np.empty((len(meta["leaves"]), n, n))
+    full[:, upper[0], upper[1]] = basis
+    full[:, upper[1], upper[0]] = basis
+    saved = GramSet(list(meta["labels"]), dict(zip(meta["leaves"], full)), dict(meta["n_params"]),
                     dict(meta["tensor_of"]),
                     {t: {int(k): c for k, c in v.items()} for t, v in meta["nonfinite"].items()})
     have = {name: Segment(raw["axis"], tuple((a, b, leaf) for a, b, leaf in raw["ranges"]))
@@ -143,12 +150,12 @@ def load_grams(path: Path, inv: Inventory, segments: dict[str, Segment]) -> Gram
 
 
 def _consistent(meta: dict, basis: np.ndarray, n: int) -> bool:
-    """The arrays fit the record: one N × N float64 Gram per leaf, every leaf with its tensor and
-    size, every tensor cut into the leaves it records."""
+    """The arrays fit the record: one float64 upper triangle of an N × N Gram per leaf, every leaf with
+    its tensor and size, every tensor cut into the leaves it records."""
     leaves = meta.get("leaves")
     if not (isinstance(leaves, list) and len(set(leaves)) == len(leaves) and isinstance(meta.get("labels"), list)):
         return False
-    if basis.dtype != np.float64 or basis.shape != (len(leaves), n, n) or len(meta["labels"]) != n:
+    if basis.dtype != np.float64 or basis.shape != (len(leaves), n * (n + 1) // 2) or len(meta["labels"]) != n:
         return False
     segments, tensor_of, n_params = meta.get("segments"), meta.get("tensor_of"), meta.get("n_params")
     if not (isinstance(segments, dict) and isinstance(tensor_of, dict) and isinstance(n_params, dict)):
