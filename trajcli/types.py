@@ -6,13 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """A tensor analysed across the whole trajectory."""
+class Shaped:
+    """Element and row counts of anything with a `shape`."""
 
-    name: str
     shape: tuple[int, ...]
-    dtypes: tuple[str, ...]  # the distinct stored dtypes across checkpoints
 
     @property
     def numel(self) -> int:
@@ -23,7 +20,17 @@ class TensorSpec:
 
     @property
     def n_rows(self) -> int:
+        """Rows along the first axis (elements for a 1-D tensor, 1 for a scalar)."""
         return self.shape[0] if self.shape else 1
+
+
+@dataclass(frozen=True)
+class TensorSpec(Shaped):
+    """A tensor analysed across the whole trajectory."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtypes: tuple[str, ...]  # the distinct stored dtypes across checkpoints
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from trajcli.errors import DataError
 from trajcli.io.align import stripped
 from trajcli.io.discover import Checkpoint
 from trajcli.io.names import canonical_names, why_not_parameter
+from trajcli.types import Shaped
 
 if TYPE_CHECKING:
     import torch
@@ -37,24 +38,12 @@ _LFS_MAGIC = b"version https://git-lfs"
 
 
 @dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(Shaped):
     name: str  # canonical name (wrapper prefixes removed)
     stored_name: str
     shape: tuple[int, ...]
     dtype: str  # torch dtype name without "torch.", e.g. "bfloat16"
     file_idx: int
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-    @property
-    def n_rows(self) -> int:
-        """Rows along the first axis (elements for a 1-D tensor, 1 for a scalar)."""
-        return self.shape[0] if self.shape else 1
 
 
 @dataclass
