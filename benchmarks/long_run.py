@@ -10,7 +10,7 @@ processes on a warm page cache, in interleaved rounds:
   report      trajcli report --recompute: every analysis, file and figure, from one pass
 
 and prints medians, report / similarity, and the peak anonymous memory (RssAnon) of each command
-with that of its child processes (the drawing process) beside it.
+with that of its child processes (its drawing workers) beside it.
 
     python benchmarks/long_run.py [--sizes 154,500] [--repeat 3] [--workdir DIR]
 

@@ -57,7 +57,7 @@ def descendants(pid: int) -> list[int]:
 
 def peak_anon(cmd: list[str], children: list[int] | None = None) -> tuple[int, float]:
     """(peak RssAnon in bytes, wall seconds) of a whole process. With a `children` list, the peak of
-    the summed Pss_Anon of its child processes (a drawing process, a Dask worker) is appended to it:
+    the summed Pss_Anon of its child processes (drawing workers, Dask workers) is appended to it:
     sampled every 50 ms, proportional, so pages a fork still shares with the parent are not counted
     twice."""
     start = time.perf_counter()
