@@ -12,7 +12,7 @@ processes on a warm page cache, in interleaved rounds:
 and prints medians, report / similarity, and the peak anonymous memory (RssAnon) of each command
 with that of its child processes (its drawing workers) beside it.
 
-    python benchmarks/long_run.py [--sizes 154,500] [--repeat 3] [--workdir DIR]
+    python benchmarks/long_run.py [--sizes 154,500] [--repeat 3] [--workdir DIR] [--many-leaves]
 
 To compare two versions of trajcli, run it once with each first on PYTHONPATH (the commands are
 started as `python -m trajcli` and inherit it).
@@ -62,7 +62,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="154,500", help="numbers of checkpoints, comma-separated")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--many-leaves", action="store_true",
+                        help="24 layers × 32 heads (hidden 64): 2,304 Q/K/V head leaves, where the work per leaf dominates")
     args = parser.parse_args()
+    if args.many_leaves:
+        CONFIG.update({"hidden_size": 64, "num_hidden_layers": 24, "num_attention_heads": 32, "intermediate_size": 64,
+                       "vocab_size": 64})
     work = Path(tempfile.mkdtemp(prefix="trajcli-long-", dir=args.workdir))
     py = sys.executable
     try:

@@ -22,6 +22,7 @@ import numpy as np
 from trajcli.engine.journal import PassJournal, kept_on_failure
 from trajcli.errors import UsageError
 from trajcli.io.inventory import Inventory
+from trajcli.metrics import trajectory as tm
 from trajcli.types import Segment, TensorSpec, whole_segment
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024 * 1024
@@ -214,7 +215,7 @@ def finish_gramset(grams: GramSet, inv: Inventory, segments: dict[str, Segment],
             gram = to_numpy(sums[leaf])
             # exactly symmetric, as numpy's symmetric rank-k update makes it (a device's product may
             # differ across the diagonal in the last bit): the upper triangle is the whole Gram
-            grams.basis[leaf] = np.triu(gram) + np.triu(gram, 1).T
+            grams.basis[leaf] = gram if np.array_equal(gram, gram.T) else tm.mirror_upper(np.array(gram))
             grams.tensor_of[leaf] = spec.name
             grams.n_params[leaf] = grams.n_params.get(leaf, 0) + per_index * (stop - start)
     return grams

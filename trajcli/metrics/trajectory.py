@@ -7,6 +7,7 @@ bounds the magnitude of the terms summed, which tells a true zero vector from ro
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,11 +87,23 @@ def mode_vectors(basis: np.ndarray, mode: str, reference_idx: int = 0, bad_ckpts
     return ModeVectors(gram, zero, bad)
 
 
+@functools.lru_cache(maxsize=8)
+def _lower(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.tril_indices(n, -1)
+
+
+def mirror_upper(gram: np.ndarray) -> np.ndarray:
+    """`gram` made exactly symmetric in place: its strict lower triangle replaced by the upper one."""
+    lower = _lower(gram.shape[0])
+    gram[lower] = gram.T[lower]
+    return gram
+
+
 def cosine_matrix(vectors: ModeVectors) -> np.ndarray:
     """C_ij = <x_i, x_j> / (|x_i| |x_j|); NaN where a vector is zero or built from bad values. Exactly
     symmetric: the upper triangle, mirrored (sums in another order differ in the last bits)."""
     undefined = vectors.zero | vectors.bad
-    gram = np.triu(vectors.gram) + np.triu(vectors.gram, 1).T
+    gram = mirror_upper(vectors.gram.copy())
     norms = np.sqrt(np.clip(np.diagonal(gram), 0.0, None))
     safe = np.where(undefined, 1.0, norms)
     cos = gram / np.outer(safe, safe)
