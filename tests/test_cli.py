@@ -265,10 +265,10 @@ def test_a_map_near_one_is_drawn_as_one_minus_cosine_on_a_log_scale(tmp_path, mo
 
 
 def test_mds_near_one_is_printed_with_the_digits_that_tell_it_from_one(tmp_path):
-    from trajcli.report.render import _fmt
+    from trajcli.report.render import fmt
 
-    assert _fmt(0.99998765) == "0.9999877" and _fmt(0.5) == "0.5000" and _fmt(1.0) == "1.0000"
-    assert _fmt(0.9994) == "0.999400" and _fmt(None) == "—"
+    assert fmt(0.99998765) == "0.9999877" and fmt(0.5) == "0.5000" and fmt(1.0) == "1.0000"
+    assert fmt(0.9994) == "0.999400" and fmt(None) == "—"
     sds = random_trajectory(4, seed=2, step_scale=1e-4)
     for k, sd in enumerate(sds):
         save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)

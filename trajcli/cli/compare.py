@@ -35,13 +35,12 @@ def run_compare(runs, group, out, plot_format, json_output, selection, options, 
     from trajcli.cli.app import warn_all
     from trajcli.comparison import compare as compare_runs
     from trajcli.comparison import run_sources
-    from trajcli.report import compare_files, render, writers
+    from trajcli.report import compare_files, render
 
     sources = run_sources(runs, group)
     out_dir = None
     if out is not None:
-        out_dir = writers.prepare_out_dir(out, [s.path for s in sources])
-        render._held(out_dir)
+        out_dir = render.prepare_out_for(out, [s.path for s in sources])
     doc, matrices = compare_runs(sources, selection, options, arch, head_flags or {},
                                  notify=lambda message: None if options.quiet else typer.echo(f"trajcli: {message}", err=True))
     if more_findings is not None:

@@ -18,7 +18,7 @@ from trajcli.errors import DataError
 from trajcli.options import PassOptions
 
 
-def _folder(value: str) -> Path:
+def out_folder(value: str) -> Path:
     """--out: an empty value would mean the current folder, which nobody types on purpose."""
     if not value.strip():
         raise typer.BadParameter("an empty folder name would write into the current folder; name a folder (. if you mean it)")
@@ -33,7 +33,7 @@ PathsArg = Annotated[list[str], typer.Argument(
     help="A folder of checkpoints, several checkpoint paths, or '-' to read paths from stdin.", show_default=False,
     metavar="PATH")]
 ModeOpt = Annotated[Mode, typer.Option("--mode", "-m", help="raw: θ_k; displacement: θ_k − θ_ref; update: θ_{k+1} − θ_k.")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", parser=_folder, help="Write result files into this folder (created if needed).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", parser=out_folder, help="Write result files into this folder (created if needed).")]
 FormatOpt = Annotated[PlotFormat, typer.Option("--format", help="Plot file format.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one strict JSON document on stdout instead of a summary.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings on stderr.")]

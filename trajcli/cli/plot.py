@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from trajcli.cli.options import FormatOpt, _folder
+from trajcli.cli.options import FormatOpt, out_folder
 
 ResultsArg = Annotated[list[Path], typer.Argument(help="Saved result files: similarity.json, layers.json, qkv.json.", show_default=False, metavar="RESULT.json")]
-PlotOutOpt = Annotated[Path, typer.Option("--out", "-o", parser=_folder, help="Folder for the plots.")]
+PlotOutOpt = Annotated[Path, typer.Option("--out", "-o", parser=out_folder, help="Folder for the plots.")]
 LabelOpt = Annotated[Optional[list[str]], typer.Option("--label", help="A name per result file for legends [default: its folder's name].")]
 
 

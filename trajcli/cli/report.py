@@ -29,14 +29,14 @@ from trajcli.cli.options import (
     LrOpt,
     PathsArg,
     StrictOpt,
-    _folder,
     check_lr,
+    out_folder,
     read_pass,
     reads,
     refuse_nonfinite,
 )
 
-ReportOutOpt = Annotated[Path, typer.Option("--out", "-o", parser=_folder, help="Folder for the report and every result file (created if needed).")]
+ReportOutOpt = Annotated[Path, typer.Option("--out", "-o", parser=out_folder, help="Folder for the report and every result file (created if needed).")]
 
 
 @reads("heads", "selection", "options")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from trajcli.report import plots
-from trajcli.report.render import _console, _fmt, human_count
+from trajcli.report.render import fmt, human_count, stdout_console
 from trajcli.report.writers import OutputSet, rows_csv
 
 CSV_COLUMNS = ["name", "group", "n_checkpoints", "n_params", "first_step", "last_step", "mds_raw", "mds_displacement",
@@ -183,7 +183,7 @@ def add_compare(files: OutputSet, doc: dict, matrices: dict, plot_format: str) -
 def print_compare(doc: dict, written: list[Path]) -> None:
     from rich.table import Table
 
-    console = _console()
+    out = stdout_console()
     table = Table(title=f"{len(doc['runs'])} runs")
     for col, justify in (("run", "left"), ("group", "left"), ("ckpts", "right"), ("params", "right"),
                          ("ω raw", "right"), ("ω displ.", "right"), ("ω update", "right"), ("straightness", "right"),
@@ -191,27 +191,27 @@ def print_compare(doc: dict, written: list[Path]) -> None:
         table.add_column(col, justify=justify)
     for r in doc["runs"]:
         table.add_row(r["name"], r["group"] or "", str(r["n_checkpoints"]), human_count(r["n_params"]),
-                      _fmt(r["mds_raw"]), _fmt(r["mds_displacement"]), _fmt(r["mds_update"]), _fmt(r["straightness"]),
-                      _fmt(r["qkv_heterogeneity_mean"]))
-    console.print(table)
+                      fmt(r["mds_raw"]), fmt(r["mds_displacement"]), fmt(r["mds_update"]), fmt(r["straightness"]),
+                      fmt(r["qkv_heterogeneity_mean"]))
+    out.print(table)
     if doc["differing_hyperparameters"]:
-        console.print("hyperparameters that differ: " + ", ".join(
+        out.print("hyperparameters that differ: " + ", ".join(
             f"{k} ({'/'.join(str(r['hyperparameters'].get(k, {}).get('value', '?')) for r in doc['runs'])})"
             for k in doc["differing_hyperparameters"]))
     for g in doc["groups"]:
         stat = g["mds_displacement"]
         if stat:
             spread = f" ± {stat['std']:.4f}" if stat["std"] is not None else ""
-            console.print(f"group {g['name']} ({len(g['runs'])} runs): ω displacement {stat['mean']:.4f}{spread}")
+            out.print(f"group {g['name']} ({len(g['runs'])} runs): ω displacement {stat['mean']:.4f}{spread}")
     if doc["joint"] is None:
-        console.print(f"no joint map: {doc['joint_not_computed']}")
+        out.print(f"no joint map: {doc['joint_not_computed']}")
     else:
-        console.print(f"joint map of {len(doc['joint']['labels'])} checkpoints, displacement from "
+        out.print(f"joint map of {len(doc['joint']['labels'])} checkpoints, displacement from "
                       f"{doc['joint']['reference']}")
     for sentence in doc["findings"]:
-        console.print(sentence)
+        out.print(sentence)
     for p in written:
-        console.print(f"wrote {p}")
+        out.print(f"wrote {p}")
 
 
 def page(doc: dict, images: list[tuple[bytes, str, str, str]], files: list[str]) -> str:
@@ -219,8 +219,8 @@ def page(doc: dict, images: list[tuple[bytes, str, str, str]], files: list[str])
     from trajcli.report import html
 
     rows = [[html_text.escape(r["name"]), html_text.escape(r["group"] or ""), str(r["n_checkpoints"]),
-             human_count(r["n_params"]), _fmt(r["mds_raw"]), _fmt(r["mds_displacement"]), _fmt(r["mds_update"]),
-             _fmt(r["straightness"]), _fmt(r["qkv_heterogeneity_mean"])] for r in doc["runs"]]
+             human_count(r["n_params"]), fmt(r["mds_raw"]), fmt(r["mds_displacement"]), fmt(r["mds_update"]),
+             fmt(r["straightness"]), fmt(r["qkv_heterogeneity_mean"])] for r in doc["runs"]]
     table = html._table(["run", "group", "checkpoints", "parameters", "ω raw", "ω displacement", "ω update",
                          "straightness", "Q/K/V heterogeneity"], rows)
     joint = doc["joint"]

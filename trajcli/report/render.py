@@ -55,7 +55,7 @@ class _TrimmedLines:
         self.stream.flush()
 
 
-def _console():
+def stdout_console():
     from rich.console import Console
 
     if sys.stdout.isatty():
@@ -101,7 +101,7 @@ def inspect_document(inv: Inventory) -> dict:
 def print_inspect(doc: dict) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = stdout_console()
     table = Table(title=f"{doc['n_checkpoints']} checkpoint(s) in training order", title_justify="left")
     for col in ("#", "name", "step", "format", "files", "tensors", "params", "dtypes", "size"):
         table.add_column(col, justify="right" if col in ("#", "step", "files", "tensors", "params", "size") else "left")
@@ -124,7 +124,12 @@ def print_inspect(doc: dict) -> None:
 def prepare_out(out: Path, inv: Inventory) -> Path:
     """The output folder of a command that reads checkpoints: checked, created, and held by this
     process until the command ends."""
-    return _held(prepare_out_dir(out, [c.path for c in inv.checkpoints]))
+    return prepare_out_for(out, [c.path for c in inv.checkpoints])
+
+
+def prepare_out_for(out: Path, inputs: list[Path]) -> Path:
+    """The output folder of a command whose inputs are `inputs` (never written into), held as above."""
+    return _held(prepare_out_dir(out, inputs))
 
 
 def _held(folder: Path) -> Path:
@@ -151,7 +156,7 @@ def tick_labels(doc: dict) -> list[str]:
 
 
 def similarity_title(doc: dict) -> str:
-    mds = "undefined" if doc["mds"] is None else _fmt(doc["mds"])
+    mds = "undefined" if doc["mds"] is None else fmt(doc["mds"])
     return f"trajectory map ({_mode_text(doc)}) — MDS ω = {mds}"
 
 
@@ -173,7 +178,7 @@ def write(out: Path, add, *args) -> list[Path]:
     return [out / n for n in names]
 
 
-def _fmt(value, spec: str = ".4f") -> str:
+def fmt(value, spec: str = ".4f") -> str:
     """A number for people; with the default spec, a value just below 1 (a fine-tune's ω 0.99998…)
     gets the digits that tell it from 1 and from its neighbours (two beyond its first non-9)."""
     if value is None:
@@ -186,7 +191,7 @@ def _fmt(value, spec: str = ".4f") -> str:
 def print_similarity(doc: dict, written: list[Path]) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = stdout_console()
     steps = [c["step"] for c in doc["checkpoints"] if c["step"] is not None]
     span = f" (step {steps[0]} … {steps[-1]})" if steps else ""
     path = doc["path"]
@@ -196,13 +201,13 @@ def print_similarity(doc: dict, written: list[Path]) -> None:
     table.add_row("checkpoints", f"{doc['n_checkpoints']}{span}")
     table.add_row("parameters", f"{human_count(doc['n_params'])} in {doc['n_tensors']} tensors")
     table.add_row("mode", doc["mode"] + (f" (reference {doc['reference']})" if doc["reference"] else ""))
-    table.add_row("MDS ω", f"{_fmt(doc['mds'])}   early {_fmt(doc['mds_early'])}, late {_fmt(doc['mds_late'])}")
+    table.add_row("MDS ω", f"{fmt(doc['mds'])}   early {fmt(doc['mds_early'])}, late {fmt(doc['mds_late'])}")
     for key, label in (("most_similar", "most similar"), ("least_similar", "least similar")):
         item = doc[key]
         if item:
             table.add_row(label, f"{item['pair'][0]} ~ {item['pair'][1]}: {item['cosine']:.6f}")
-    table.add_row("path length", f"{_fmt(path['path_length'], '.6g')}   straightness {_fmt(path['straightness'])}")
-    table.add_row("cone apex", f"{_fmt(path['cone_apex_angle_deg'], '.2f')}°")
+    table.add_row("path length", f"{fmt(path['path_length'], '.6g')}   straightness {fmt(path['straightness'])}")
+    table.add_row("cone apex", f"{fmt(path['cone_apex_angle_deg'], '.2f')}°")
     spec = doc["spectrum"]
     if spec["top_fraction"] is not None:
         table.add_row("spectrum", f"top eigenvalue {spec['top_fraction']:.1%} of trace, effective rank {spec['effective_rank']:.2f}")
@@ -247,7 +252,7 @@ def add_layers(files: OutputSet, doc: dict, matrices: dict[str, np.ndarray], plo
 def print_layers(doc: dict, written: list[Path]) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = stdout_console()
     arch = doc["architecture"]
     table = Table(title=f"{len(doc['groups'])} groups by {doc['by']}, {doc['n_checkpoints']} checkpoints, "
                         f"{_mode_text(doc)}" + (f" — {arch['name']}" if arch["name"] else ""), title_justify="left")
@@ -256,7 +261,7 @@ def print_layers(doc: dict, written: list[Path]) -> None:
         table.add_column(col, justify=justify)
     for g in doc["groups"]:
         table.add_row(g["name"], "" if g["layer"] is None else str(g["layer"]), human_count(g["n_params"]),
-                      _fmt(g["mds"]), _fmt(g["straightness"]), _fmt(g["path_length"], ".4g"))
+                      fmt(g["mds"]), fmt(g["straightness"]), fmt(g["path_length"], ".4g"))
     console.print(table)
     for p in written:
         console.print(f"wrote {p}")
@@ -288,7 +293,7 @@ def add_qkv(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
 def print_qkv(doc: dict, written: list[Path]) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = stdout_console()
     layout = doc["layout"]
     table = Table(title=f"Q/K/V of {doc['n_layers']} attention layers — {layout['name']} ({layout['layout']}, "
                         f"from {layout['source']}), {doc['n_checkpoints']} checkpoints, {_mode_text(doc)}",
@@ -296,8 +301,8 @@ def print_qkv(doc: dict, written: list[Path]) -> None:
     for col in ("layer", "depth", "ω_Q", "ω_K", "ω_V", "heterogeneity", "map distance"):
         table.add_column(col, justify="right")
     for e in doc["layers"]:
-        table.add_row(layer_label(e), f"{e['depth']:.2f}", _fmt(e["q"]["mds"]), _fmt(e["k"]["mds"]),
-                      _fmt(e["v"]["mds"]), _fmt(e["heterogeneity"]), _fmt(e["map_distance"]))
+        table.add_row(layer_label(e), f"{e['depth']:.2f}", fmt(e["q"]["mds"]), fmt(e["k"]["mds"]),
+                      fmt(e["v"]["mds"]), fmt(e["heterogeneity"]), fmt(e["map_distance"]))
     console.print(table)
     if layout["num_heads"]:
         console.print(f"heads: {layout['heads_source']}")
@@ -488,7 +493,7 @@ class ReportWriter:
         caption = {"raw": "raw: θ_k", "displacement": f"displacement: θ_k − θ_{ref}", "update": "update: θ_k+1 − θ_k"}
         sections = [
             {"id": "maps", "title": "Trajectory maps", "explain": html.EXPLAIN["maps"],
-             "figures": [fig(f"similarity_{m}", f"{m} trajectory map", f"{caption[m]} — ω = {_fmt(sims[m][0]['mds'])}")
+             "figures": [fig(f"similarity_{m}", f"{m} trajectory map", f"{caption[m]} — ω = {fmt(sims[m][0]['mds'])}")
                          for m in sims]},
             {"id": "path", "title": "Path: principal directions, lengths and bends", "explain": html.EXPLAIN["path"],
              "figures": ([fig("pca", "trajectory PCA", "checkpoints on the top two principal directions")]
@@ -534,28 +539,28 @@ def headline_rows(head: dict) -> list[tuple[str, str, str]]:
     rows = [
         ("n_checkpoints", "checkpoints", str(head["n_checkpoints"])),
         ("n_params", "parameters", f"{human_count(head['n_params'])} in {head['n_tensors']} tensors"),
-        ("mds_raw", "MDS ω, raw", _fmt(head["mds_raw"])),
+        ("mds_raw", "MDS ω, raw", fmt(head["mds_raw"])),
         ("mds_displacement", "MDS ω, displacement",
-         f"{_fmt(head['mds_displacement'])} (early {_fmt(head['mds_displacement_early'])}, late {_fmt(head['mds_displacement_late'])})"),
-        ("mds_update", "MDS ω, update", _fmt(head["mds_update"])),
-        ("path_length", "path length", _fmt(head["path_length"], ".5g")),
-        ("straightness", "straightness", _fmt(head["straightness"])),
-        ("cone_apex_angle_deg", "cone apex angle", f"{_fmt(head['cone_apex_angle_deg'], '.2f')}°"),
+         f"{fmt(head['mds_displacement'])} (early {fmt(head['mds_displacement_early'])}, late {fmt(head['mds_displacement_late'])})"),
+        ("mds_update", "MDS ω, update", fmt(head["mds_update"])),
+        ("path_length", "path length", fmt(head["path_length"], ".5g")),
+        ("straightness", "straightness", fmt(head["straightness"])),
+        ("cone_apex_angle_deg", "cone apex angle", f"{fmt(head['cone_apex_angle_deg'], '.2f')}°"),
         ("pca_explained_2d", "variance in the 2-D picture",
          "—" if head["pca_explained_2d"] is None else f"{head['pca_explained_2d']:.1%}"),
-        ("effective_rank_displacement", "effective rank (displacement map)", _fmt(head["effective_rank_displacement"], ".2f")),
+        ("effective_rank_displacement", "effective rank (displacement map)", fmt(head["effective_rank_displacement"], ".2f")),
     ]
     if head.get("regime"):
         rows.append(("regime", "regime of the scale-invariant weights (later half, heuristic)",
-                     f"{head['regime']} (median step angle {_fmt(head['regime_median_angle_deg'], '.2f')}°)"))
+                     f"{head['regime']} (median step angle {fmt(head['regime_median_angle_deg'], '.2f')}°)"))
     if "qkv_heterogeneity_mean" in head:
         rows.append(("qkv_heterogeneity", "Q/K/V heterogeneity (all / middle third)",
-                     f"{_fmt(head['qkv_heterogeneity_mean'])} / {_fmt(head['qkv_heterogeneity_middle_third'])}"))
+                     f"{fmt(head['qkv_heterogeneity_mean'])} / {fmt(head['qkv_heterogeneity_middle_third'])}"))
     if "sharpness_last" in head:
         rows.append(("sharpness", "sharpness λ_max, first → last checkpoint",
-                     f"{_fmt(head['sharpness_first'], '.4g')} → {_fmt(head['sharpness_last'], '.4g')}"))
+                     f"{fmt(head['sharpness_first'], '.4g')} → {fmt(head['sharpness_last'], '.4g')}"))
         rows.append(("glass_exponent_last", "glass exponent p at the last checkpoint (4 smooth, 1 jumps)",
-                     _fmt(head["glass_exponent_last"], ".2f")))
+                     fmt(head["glass_exponent_last"], ".2f")))
     if head["identical_pairs"]:
         rows.append(("identical_pairs", "identical checkpoint pairs", str(head["identical_pairs"])))
     return rows
@@ -564,7 +569,7 @@ def headline_rows(head: dict) -> list[tuple[str, str, str]]:
 def print_report(document: dict, written: list[Path]) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = stdout_console()
     table = Table(title="trajcli report", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -602,7 +607,7 @@ def add_dynamics(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
 def print_dynamics(doc: dict, written: list[Path]) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = stdout_console()
     source = f"learning rate from {doc['lr_source']}" if doc["lr_source"] else "no learning rate found"
     table = Table(title=f"dynamics of {len(doc['groups'])} groups — {source}", title_justify="left")
     for col, justify in (("group", "left"), ("regime", "left"), ("median angle", "right"),
@@ -612,8 +617,8 @@ def print_dynamics(doc: dict, written: list[Path]) -> None:
         if g["kind"] == "tensor":
             continue
         r = g["regime"]
-        table.add_row(g["name"], r["verdict"] or "—", f"{_fmt(r['median_angle_deg'], '.3f')}°", _fmt(r["rate_change_factor"], ".3g"),
-                      _fmt(r["norm_change_factor"], ".3g"), _fmt(g["norm"][-1], ".4g"))
+        table.add_row(g["name"], r["verdict"] or "—", f"{fmt(r['median_angle_deg'], '.3f')}°", fmt(r["rate_change_factor"], ".3g"),
+                      fmt(r["norm_change_factor"], ".3g"), fmt(g["norm"][-1], ".4g"))
     console.print(table)
     console.print("per-tensor rows are in --json / dynamics.csv; a regime only for scale-invariant weights"
                   + ("" if doc["scale_invariant"] else " (none here: --scale-invariant REGEX names them)"))
@@ -663,7 +668,7 @@ def add_curvature(files: OutputSet, doc: dict, plot_format: str) -> list[str]:
 def print_curvature(doc: dict, written: list[Path]) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = stdout_console()
     edges = doc["edge_of_stability"]
     table = Table(title=f"curvature of {doc['model']['source']} on {doc['data']['batch_size']} rows of "
                         f"{Path(doc['data']['file']).name}", title_justify="left")
@@ -672,12 +677,12 @@ def print_curvature(doc: dict, written: list[Path]) -> None:
         table.add_column(col, justify="right")
     for i, p in enumerate(doc["points"]):
         trace = p["trace"]
-        tr = _fmt(trace["value"], ".4g") + (f" ± {trace['stderr']:.3g}" if trace["stderr"] else "")
-        table.add_row(str(p["step"]), _fmt(p["loss"], ".4f"), _fmt(p["grad_norm"], ".3g"),
-                      _fmt(p["eigenvalues"][0] if p["eigenvalues"] else None, ".4g"),
-                      _fmt(edges["gd"]["values"][i], ".4g") if edges else "—", tr,
-                      _fmt(p["direction"]["u_h_u"] if p["direction"] else None, ".3g"),
-                      _fmt(p["glass"][0]["exponent"], ".2f"))
+        tr = fmt(trace["value"], ".4g") + (f" ± {trace['stderr']:.3g}" if trace["stderr"] else "")
+        table.add_row(str(p["step"]), fmt(p["loss"], ".4f"), fmt(p["grad_norm"], ".3g"),
+                      fmt(p["eigenvalues"][0] if p["eigenvalues"] else None, ".4g"),
+                      fmt(edges["gd"]["values"][i], ".4g") if edges else "—", tr,
+                      fmt(p["direction"]["u_h_u"] if p["direction"] else None, ".3g"),
+                      fmt(p["glass"][0]["exponent"], ".2f"))
     console.print(table)
     console.print("glass p: exponent of E[((g⁺+g⁻)/2 − g⁰)²] ∝ σ^p (≈4 smooth, ≈1 where gradient jumps dominate)")
     for p in written:
