@@ -88,10 +88,10 @@ def compare(sources: list[RunSource], selection, options, arch: str | None = Non
         joint, why_not = _joint_possible(runs)
         joint_doc, matrices = None, {}
         if joint:
-            joint_doc, matrices = _read_together(live, options, arch, head_flags or {})
+            joint_doc, matrices = _read_together(live, options, arch, head_flags or {}, notify)
         else:
             for run in live:
-                _read_alone(run, selection, options, arch, head_flags or {}, notify)
+                _read_alone(run, options, arch, head_flags or {}, notify)
     finally:
         for run in runs:
             if run.inventory is not None:
@@ -156,39 +156,29 @@ def _analyse(run: _Run, grams, plans) -> None:
                                               source, scale_invariant_tensors(inv.tensors, names, None))
 
 
-def _read_alone(run: _Run, selection, options, arch, head_flags, notify) -> None:
-    from trajcli.pipeline import read_pass
+def _read_alone(run: _Run, options, arch, head_flags, notify) -> None:
+    from trajcli.pipeline import pass_over
 
-    def plan_for(inv):
-        plans = _plan(inv, arch, head_flags)
-        return plans.segments, plans
-
-    run.inventory.close()
-    run.inventory, grams, _, plans = read_pass([str(run.source.path)], selection, None, options, plan_for, notify)
+    grams, plans = pass_over(run.inventory, options, lambda inv: _segments_and_plans(inv, arch, head_flags), notify)
     _analyse(run, grams, plans)
 
 
-def _read_together(runs: list[_Run], options, arch, head_flags) -> tuple[dict, dict]:
+def _segments_and_plans(inv, arch, head_flags):
+    plans = _plan(inv, arch, head_flags)
+    return plans.segments, plans
+
+
+def _read_together(runs: list[_Run], options, arch, head_flags, notify) -> tuple[dict, dict]:
     """One pass over every run's checkpoints, one run after another; each run's Grams are then a part
     of the joint ones (engine.store.sub_trajectory)."""
-    from trajcli.engine.budget import parse_budget
-    from trajcli.engine.gram import resolve_device
     from trajcli.engine.store import derive_gramset, sub_trajectory
     from trajcli.io.inventory import Inventory
-    from trajcli.pipeline import read_trajectory
+    from trajcli.pipeline import pass_over
 
-    if options.scheduler is not None:
-        from trajcli.engine.distributed import check_scheduler_address
-
-        check_scheduler_address(options.scheduler)
     first = runs[0].inventory
     joint = Inventory([c for r in runs for c in r.inventory.checkpoints], [x for r in runs for x in r.inventory.readers],
                       list(first.tensors))
-    plans = _plan(first, arch, head_flags)
-    distributed = options.scheduler is not None or options.workers is not None
-    device = "cpu" if distributed else resolve_device(options.device)
-    grams = read_trajectory(joint, parse_budget(options.memory_budget), options.quiet, plans.segments, device,
-                            options.scheduler, options.workers, read_threads=options.read_threads)
+    grams, plans = pass_over(joint, options, lambda _: _segments_and_plans(first, arch, head_flags), notify)
     bounds, start = [], 0
     for run in runs:
         stop = start + len(run.inventory.checkpoints)

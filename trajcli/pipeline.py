@@ -127,58 +127,81 @@ def read_pass(paths, selection: Selection, out: Path | None, options: PassOption
     later); the result is (inventory, Gram set, output folder or None, that second item). `notify`
     receives the messages a user should see (reuse, resume, a large budget); `on_out_dir` is called
     once the output folder is held, before the pass."""
-    from trajcli.engine.budget import available_memory_bytes, parse_budget
-    from trajcli.engine.gram import resolve_device
-    from trajcli.engine.journal import kept_on_failure
-    from trajcli.engine.store import GRAMS_FILE, load_grams, pass_plan, save_grams
-    from trajcli.report import render
+    _check_pass_options(options)
+    budget = _budget(options, notify)
+    inv = load_inventory(paths, selection)
+    try:
+        out_dir, grams, planned = _pass_over(inv, out, options, budget, plan_for, notify, on_out_dir)
+    finally:
+        inv.close()
+    return inv, grams, out_dir, planned
 
+
+def pass_over(inv: Inventory, options: PassOptions, plan_for=None, notify: Callable[[str], None] = lambda m: None):
+    """The single pass over an inventory already taken (its readers open; the caller closes them):
+    (Gram set, what `plan_for` returned beside the segments). Nothing saved, nothing reused."""
+    _check_pass_options(options)
+    _, grams, planned = _pass_over(inv, None, options, _budget(options, notify), plan_for, notify, None)
+    return grams, planned
+
+
+def _check_pass_options(options: PassOptions) -> None:
     if options.scheduler is not None:
         from trajcli.engine.distributed import check_scheduler_address
 
         check_scheduler_address(options.scheduler)  # before any checkpoint is opened
-    distributed = options.scheduler is not None or options.workers is not None
-    if distributed and options.device == "cuda":
+    if (options.scheduler is not None or options.workers is not None) and options.device == "cuda":
         raise UsageError("--device cuda is for the pass in this process; Dask workers multiply on their CPUs",
                          "drop --device cuda, or --scheduler/--workers")
+
+
+def _budget(options: PassOptions, notify) -> int:
+    from trajcli.engine.budget import available_memory_bytes, parse_budget
+
     budget = parse_budget(options.memory_budget)
     available = available_memory_bytes()
     if options.memory_budget is not None and available and budget > available // 2:
         notify(f"warning: --memory-budget {options.memory_budget} is more than half of the {available >> 20} MiB "
                "available now")
-    inv = load_inventory(paths, selection)
-    try:
-        out_dir = render.prepare_out(out, inv) if out is not None else None
-        if out_dir is not None and on_out_dir is not None:
-            on_out_dir()
-        segments, planned = plan_for(inv) if plan_for is not None else ({}, None)
-        grams = None
-        if out_dir is not None and not options.recompute:
-            grams = load_grams(out_dir / GRAMS_FILE, inv, segments)
-            if grams is not None:
-                notify(f"reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)")
-        if grams is None:
-            device = "cpu" if distributed else resolve_device(options.device)  # (torch is not imported here then)
-            journal = None
-            if out_dir is not None:  # a pass that stops keeps its finished tensors there, for the next
-                journal = PassJournal.open(out_dir, pass_plan(inv, segments), fresh=options.recompute)
-                if journal.done:
-                    notify(f"resuming an interrupted pass: {len(journal.done)} of {len(inv.tensors)} tensors were "
-                           f"read before (kept in {journal.folder}; --recompute reads them again)")
-            try:
-                with kept_on_failure(journal):  # stopped while saving too: the whole pass is kept
-                    grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
-                                            scheduler=options.scheduler, workers=options.workers, journal=journal,
-                                            read_threads=options.read_threads)
-                    if out_dir is not None:
-                        save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
-            except BaseException:
-                if journal is not None and journal.n_kept:
-                    notify(f"{journal.n_kept} of {len(inv.tensors)} tensors are read and kept in {journal.folder}: "
-                           "the same command goes on from there")
-                raise
-            if journal is not None:
-                journal.remove()
-    finally:
-        inv.close()
-    return inv, grams, out_dir, planned
+    return budget
+
+
+def _pass_over(inv: Inventory, out: Path | None, options: PassOptions, budget: int, plan_for, notify, on_out_dir):
+    from trajcli.engine.gram import resolve_device
+    from trajcli.engine.journal import kept_on_failure
+    from trajcli.engine.store import GRAMS_FILE, load_grams, pass_plan, save_grams
+    from trajcli.report import render
+
+    distributed = options.scheduler is not None or options.workers is not None
+    out_dir = render.prepare_out(out, inv) if out is not None else None
+    if out_dir is not None and on_out_dir is not None:
+        on_out_dir()
+    segments, planned = plan_for(inv) if plan_for is not None else ({}, None)
+    grams = None
+    if out_dir is not None and not options.recompute:
+        grams = load_grams(out_dir / GRAMS_FILE, inv, segments)
+        if grams is not None:
+            notify(f"reusing the Grams saved in {out_dir / GRAMS_FILE} (--recompute reads again)")
+    if grams is None:
+        device = "cpu" if distributed else resolve_device(options.device)
+        journal = None
+        if out_dir is not None:  # a pass that stops keeps its finished tensors there, for the next
+            journal = PassJournal.open(out_dir, pass_plan(inv, segments), fresh=options.recompute)
+            if journal.done:
+                notify(f"resuming an interrupted pass: {len(journal.done)} of {len(inv.tensors)} tensors were "
+                       f"read before (kept in {journal.folder}; --recompute reads them again)")
+        try:
+            with kept_on_failure(journal):  # stopped while saving too: the whole pass is kept
+                grams = read_trajectory(inv, budget, quiet=options.quiet, segments=segments, device=device,
+                                        scheduler=options.scheduler, workers=options.workers, journal=journal,
+                                        read_threads=options.read_threads)
+                if out_dir is not None:
+                    save_grams(out_dir / GRAMS_FILE, inv, grams, segments)
+        except BaseException:
+            if journal is not None and journal.n_kept:
+                notify(f"{journal.n_kept} of {len(inv.tensors)} tensors are read and kept in {journal.folder}: "
+                       "the same command goes on from there")
+            raise
+        if journal is not None:
+            journal.remove()
+    return out_dir, grams, planned
