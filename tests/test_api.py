@@ -103,8 +103,10 @@ def test_a_cache_folder_is_reused_while_the_files_are_unchanged(tmp_path, passes
         save_safetensors_dir(tmp_path / "run" / f"checkpoint-{k}", sd)
     first = trajcli.open(tmp_path / "run", cache=tmp_path / "cache").similarity().matrix
     assert len(passes) == 1 and (tmp_path / "cache" / "grams.npz").is_file()
-    again = trajcli.open(tmp_path / "run", cache=tmp_path / "cache").similarity().matrix
+    cached = trajcli.open(tmp_path / "run", cache=tmp_path / "cache")
+    again = cached.similarity().matrix
     assert len(passes) == 1 and np.array_equal(first, again, equal_nan=True)  # no second read
+    assert cached.passes == 0
     save_safetensors_dir(tmp_path / "run" / "checkpoint-3", random_trajectory(4, seed=9)[3])
     trajcli.open(tmp_path / "run", cache=tmp_path / "cache").similarity()
     assert len(passes) == 2  # a file written again: read again

@@ -68,7 +68,7 @@ class Run:
         inv.close()
         self._inventory = inv
         self._pass = None  # (inventory, Gram set, report plans) once read
-        self.passes = 0  # passes over the checkpoint files so far (at most one)
+        self.passes = 0  # passes over the checkpoint files so far (0 when the cache served; else 1)
 
     def __repr__(self) -> str:
         first, last = self._inventory.checkpoints[0], self._inventory.checkpoints[-1]
@@ -95,11 +95,13 @@ class Run:
                 plans = plan_report(inv, self._arch, self._head_flags)
                 return plans.segments, plans
 
+            reused = []
             try:
-                inv, grams, _, plans = read_pass(self._paths, self._selection, self._cache, self._options, plan_for)
+                inv, grams, _, plans = read_pass(self._paths, self._selection, self._cache, self._options, plan_for,
+                                                 notify=lambda m: reused.append(m) if m.startswith("reusing") else None)
             finally:
                 writers.release_out_dirs()
-            self.passes += 1
+            self.passes += 0 if reused else 1
             self._inventory = inv
             self._pass = (inv, grams, plans)
         return self._pass
