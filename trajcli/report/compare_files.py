@@ -30,18 +30,26 @@ def _colours(rows: list[dict]) -> dict[str, str]:
 
 
 def mds_curves(path: Path, rows: list[dict], fmt: str = "png") -> None:
-    """ω (raw and displacement) of the checkpoints up to each step, a line per run, a colour per group."""
+    """ω (raw and displacement) of the checkpoints up to each step: a line per run, or, for a group
+    whose runs share their steps, the mean line and a band from the lowest to the highest run."""
     plt = plots._pyplot()
     colours = _colours(rows)
+    units: dict[str, list[dict]] = {}
+    for r in rows:
+        units.setdefault(r["group"] if r["group"] is not None else r["name"], []).append(r)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), dpi=plots.DPI)
     for ax, mode in zip(axes, ("raw", "displacement")):
-        seen = set()
-        for r in rows:
-            key = r["group"] if r["group"] is not None else r["name"]
-            curve = r["mds_curve"][mode]
-            ax.plot([p["step"] for p in curve], plots._nan([p["mds"] for p in curve]), color=colours[key], lw=1.3,
-                    label=key if key not in seen else None)
-            seen.add(key)
+        for key, members in units.items():
+            curves = [r["mds_curve"][mode] for r in members]
+            steps = [p["step"] for p in curves[0]]
+            if len(members) > 1 and all([p["step"] for p in c] == steps for c in curves):
+                values = np.array([plots._nan([p["mds"] for p in c]) for c in curves], dtype=float)
+                ax.fill_between(steps, values.min(0), values.max(0), color=colours[key], alpha=0.25, lw=0)
+                ax.plot(steps, values.mean(0), color=colours[key], lw=1.5, label=f"{key} ({len(members)} runs)")
+            else:
+                for i, c in enumerate(curves):
+                    ax.plot([p["step"] for p in c], plots._nan([p["mds"] for p in c]), color=colours[key], lw=1.3,
+                            label=key if i == 0 else None)
         if any(p["step"] for r in rows for p in r["mds_curve"][mode]):
             plots._log_scale(ax, "x", "symlog", linthresh=1)
         ax.set_xlabel("step")
