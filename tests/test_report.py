@@ -342,3 +342,23 @@ def test_a_drawer_draws_beside_the_command_and_a_failure_leaves_nothing(tmp_path
                 files.text("result.json", "{}")
                 raise KeyError("the command failed while the figure was being drawn")
         assert list((tmp_path / "stopped").iterdir()) == []
+
+
+def _kill_myself(path):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_drawing_worker_that_dies_fails_the_command_with_one_line(tmp_path):
+    from trajcli.errors import DataError
+    from trajcli.report.drawing import Drawer
+    from trajcli.report.writers import OutputSet
+
+    with pytest.raises(DataError, match="a drawing worker ended while drawing the figures"):
+        with Drawer() as drawer:
+            with OutputSet(tmp_path, drawer) as files:
+                files.text("result.json", "{}")
+                files.draw("plot.png", _kill_myself)
+    assert list(tmp_path.iterdir()) == []

@@ -62,11 +62,18 @@ def wait(futures: list[Future], cancel: bool = False) -> None:
     """Until every figure in `futures` is drawn; the first failure raises here. With `cancel`, those
     not yet started are dropped (and the running ones waited for, without their failures)."""
     from concurrent.futures import wait as wait_all
+    from concurrent.futures.process import BrokenProcessPool
 
     if cancel:
         for future in futures:
             future.cancel()
         wait_all(futures)
         return
-    for future in futures:
-        future.result()
+    try:
+        for future in futures:
+            future.result()
+    except BrokenProcessPool:
+        from trajcli.errors import DataError
+
+        raise DataError("a drawing worker ended while drawing the figures (killed, or out of memory); nothing was "
+                        "written", "run the command again (saved Grams make it quick)") from None
