@@ -310,3 +310,12 @@ def test_many_small_steps_adding_up_are_not_called_divergence(tmp_path):
     _save_run(tmp_path / "short", _random_walk(9, 1, 2.0, seed=2), list(range(9)))
     short = _verdicts(tmp_path / "short", "--lr", "0.1")["scale_invariant"]
     assert short["verdict"] == "undetermined" and "cannot tell an equilibrium from a random walk" in short["reason"]
+
+
+def test_report_takes_the_loss_file_too(tmp_path):
+    _train_sphere_toy(tmp_path / "run", 0.1, 64, 8, 16)
+    (tmp_path / "loss.csv").write_text("step,loss\n0,2.0\n32,1.0\n64,0.5\n")
+    result = run(["report", tmp_path / "run", "--out", tmp_path / "out", "--loss-file", tmp_path / "loss.csv", "-q"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads((tmp_path / "out" / "dynamics.json").read_text())
+    assert doc["loss_source"] == f"--loss-file {tmp_path / 'loss.csv'}"
