@@ -361,6 +361,15 @@ def plan_report(inv: Inventory, arch: str | None, head_flags: dict) -> ReportPla
     return ReportPlans(architecture, segments, block, role, qkv_plan, layers, problem)
 
 
+def report_plan_for(arch: str | None, head_flags: dict):
+    """The `plan_for` of a pass that serves every analysis: inv -> (the finest cut, the ReportPlans)."""
+    def plan_for(inv: Inventory):
+        plans = plan_report(inv, arch, head_flags)
+        return plans.segments, plans
+
+    return plan_for
+
+
 def report_result(inv: Inventory, grams: GramSet, plans: ReportPlans, lr_points: list | None = None, lr_source: str | None = None,
                   on_part: Callable[[dict, str], None] | None = None, loss_file: Path | None = None) -> dict:
     """Every analysis from one Gram set: similarity in three modes, layers by block and by role

@@ -87,14 +87,11 @@ class Run:
     def _read(self):
         """The one pass (or the cache's Grams), with the finest cut any analysis needs."""
         if self._pass is None:
-            from trajcli.analysis import plan_report
+            from trajcli.analysis import report_plan_for
             from trajcli.pipeline import read_pass
             from trajcli.report import writers
 
-            def plan_for(inv):
-                plans = plan_report(inv, self._arch, self._head_flags)
-                return plans.segments, plans
-
+            plan_for = report_plan_for(self._arch, self._head_flags)
             reused = []
             try:
                 inv, grams, _, plans = read_pass(self._paths, self._selection, self._cache, self._options, plan_for,

@@ -132,12 +132,6 @@ def _joint_possible(runs: list[_Run]) -> tuple[bool, str | None]:
     return True, None
 
 
-def _plan(inv, arch, head_flags):
-    from trajcli.analysis import plan_report
-
-    return plan_report(inv, arch, head_flags)
-
-
 def _analyse(run: _Run, grams, plans) -> None:
     from trajcli.analysis import dynamics_result, qkv_result, similarity_result
     from trajcli.arch.grouping import scale_invariant_tensors
@@ -157,20 +151,17 @@ def _analyse(run: _Run, grams, plans) -> None:
 
 
 def _read_alone(run: _Run, options, arch, head_flags, notify) -> None:
+    from trajcli.analysis import report_plan_for
     from trajcli.pipeline import pass_over
 
-    grams, plans = pass_over(run.inventory, options, lambda inv: _segments_and_plans(inv, arch, head_flags), notify)
+    grams, plans = pass_over(run.inventory, options, report_plan_for(arch, head_flags), notify)
     _analyse(run, grams, plans)
-
-
-def _segments_and_plans(inv, arch, head_flags):
-    plans = _plan(inv, arch, head_flags)
-    return plans.segments, plans
 
 
 def _read_together(runs: list[_Run], options, arch, head_flags, notify) -> tuple[dict, dict]:
     """One pass over every run's checkpoints, one run after another; each run's Grams are then a part
     of the joint ones (engine.store.sub_trajectory)."""
+    from trajcli.analysis import report_plan_for
     from trajcli.engine.store import derive_gramset, sub_trajectory
     from trajcli.io.inventory import Inventory
     from trajcli.pipeline import pass_over
@@ -178,7 +169,8 @@ def _read_together(runs: list[_Run], options, arch, head_flags, notify) -> tuple
     first = runs[0].inventory
     joint = Inventory([c for r in runs for c in r.inventory.checkpoints], [x for r in runs for x in r.inventory.readers],
                       list(first.tensors))
-    grams, plans = pass_over(joint, options, lambda _: _segments_and_plans(first, arch, head_flags), notify)
+    plan = report_plan_for(arch, head_flags)
+    grams, plans = pass_over(joint, options, lambda _: plan(first), notify)
     bounds, start = [], 0
     for run in runs:
         stop = start + len(run.inventory.checkpoints)

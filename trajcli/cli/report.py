@@ -85,15 +85,12 @@ def run_report(paths, out, selection, options, *, heads=None, plot_format="png",
                lr_file=None, curvature=None, strict=False, loss_file=None) -> None:
     """The report flow, shared by `report` and `demo`: plan the finest cut, one pass (or saved Grams),
     every analysis, every file; with a `CurvatureRequest`, the curvature walk too."""
-    from trajcli.analysis import curvature_headline, plan_report, report_result
+    from trajcli.analysis import curvature_headline, report_plan_for, report_result
     from trajcli.io.lr import learning_rate_points
     from trajcli.report import render
     from trajcli.report.drawing import Drawer
 
-    def plan_for(inv):
-        plans = plan_report(inv, heads.arch if heads else None, heads.flags if heads else {})
-        return plans.segments, plans
-
+    plan_for = report_plan_for(heads.arch if heads else None, heads.flags if heads else {})
     # The drawing workers start now and import matplotlib while the pass reads; a dozen figures are
     # then drawn beside the analyses (see trajcli.report.drawing)
     with Drawer() as drawer:
