@@ -187,3 +187,25 @@ def test_leaves_of_pieces_of_rows_are_exact_for_every_chunk_size(tmp_path_factor
         x = np.stack([sd[tensor].to(torch.float64).numpy()[where].ravel() for sd in sds])
         b = np.concatenate([x[:1], np.diff(x, axis=0)])
         np.testing.assert_allclose(grams.basis[leaf], b @ b.T, rtol=1e-12, atol=1e-12, err_msg=leaf)
+
+
+def test_cpu_pass_cuts_wide_tensors_at_the_cache_cap_and_stays_exact(tmp_path, monkeypatch):
+    """However large the budget, a CPU chunk holds at most CPU_CHUNK_ELEMS elements per checkpoint
+    (a row that stays in cache); a tensor wider than that is summed from pieces, exactly."""
+    from trajcli.engine import gram
+
+    sds = random_trajectory(3, seed=4, shapes={"wide.weight": (2, gram.CPU_CHUNK_ELEMS + 37), "small.weight": (5, 3)})
+    for j, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / f"step{j}", sd)
+    planned = []
+    plan = gram.plan_chunks
+    monkeypatch.setattr(gram, "plan_chunks", lambda *a, **k: planned.extend(plan(*a, **k)) or planned)
+    inv = take_inventory(discover_checkpoints([str(tmp_path)]), Selection())
+    try:
+        grams = accumulate(inv, 1 << 30)
+    finally:
+        inv.close()
+    assert max(c.n_elems for c in planned) == gram.CPU_CHUNK_ELEMS
+    assert len([c for c in planned if c.spec.name == "wide.weight"]) == 4  # two pieces per row
+    total = grams.whole()[0]
+    np.testing.assert_allclose(total, _explicit_basis(sds), rtol=1e-12, atol=1e-12)

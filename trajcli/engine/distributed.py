@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from trajcli.engine.gram import (
+    CPU_CHUNK_ELEMS,
     DEFAULT_MEMORY_BUDGET,
     Chunk,
     GramSet,
@@ -227,7 +228,7 @@ def accumulate_distributed(
     task_elems = 2 * chunk_elems_for(n, memory_budget_bytes)
     grams = GramSet([c.name for c in inv.checkpoints])
     sums = resume_from(journal, grams)
-    chunks = plan_chunks(inv, segments, task_elems, skip=journal.done if journal else ())
+    chunks = plan_chunks(inv, segments, min(task_elems, CPU_CHUNK_ELEMS), skip=journal.done if journal else ())
     remaining = Counter(chunk.spec.name for chunk in chunks)  # chunks not yet summed, per tensor
     checkpoints = tuple(inv.checkpoints)
     futures = {client.submit(_chunks_task, checkpoints, task, pure=False, retries=2): task

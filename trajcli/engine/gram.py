@@ -27,6 +27,10 @@ from trajcli.types import Segment, TensorSpec, whole_segment
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024 * 1024
 _PARALLEL_MIN_ELEMS = 1 << 15  # below this a chunk is read in the reader thread alone
+# Elements per checkpoint in a chunk multiplied on the CPU, whatever the budget allows: a row converted,
+# differenced and multiplied while it is still in the core's cache. On the 2-core machine a pass took
+# 20 % less time with this cap than with 256 MiB chunks, at N = 8, 16 and 48 (benchmarks/RESULTS.md).
+CPU_CHUNK_ELEMS = 1 << 16
 
 
 @dataclass
@@ -161,9 +165,12 @@ def accumulate(
     segments = segments or {}
     grams = GramSet([c.name for c in inv.checkpoints])
     sums = resume_from(journal, grams)
-    chunks = plan_chunks(inv, segments, chunk_elems_for(n, memory_budget_bytes), skip=journal.done if journal else ())
-    capacity = max((c.n_elems for c in chunks), default=1)
     products = _products_for(device)
+    chunk_elems = chunk_elems_for(n, memory_budget_bytes)
+    if isinstance(products, NumpyProducts):
+        chunk_elems = min(chunk_elems, CPU_CHUNK_ELEMS)
+    chunks = plan_chunks(inv, segments, chunk_elems, skip=journal.done if journal else ())
+    capacity = max((c.n_elems for c in chunks), default=1)
     threads = default_read_threads() if read_threads is None else read_threads
     with kept_on_failure(journal):
         for chunk, x in _chunk_stream(inv, chunks, n, capacity, threads):
