@@ -362,3 +362,19 @@ def test_a_drawing_worker_that_dies_fails_the_command_with_one_line(tmp_path):
                 files.text("result.json", "{}")
                 files.draw("plot.png", _kill_myself)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_figure_sent_after_a_drawing_worker_died_fails_with_one_line(tmp_path):
+    """The pool breaks when a worker dies; the next figure sent to it (not only a wait) is the same
+    one-line error, not a BrokenProcessPool traceback."""
+    from trajcli.errors import DataError
+    from trajcli.report.drawing import Drawer
+    from trajcli.report.writers import OutputSet
+
+    with pytest.raises(DataError, match="a drawing worker ended while drawing the figures"):
+        with Drawer() as drawer:
+            with OutputSet(tmp_path, drawer) as files:
+                files.text("result.json", "{}")
+                assert drawer.submit(_kill_myself, (tmp_path / "x",)).exception(timeout=60) is not None
+                files.draw("plot.png", _failing_plot)
+    assert list(tmp_path.iterdir()) == []

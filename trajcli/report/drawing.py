@@ -47,7 +47,12 @@ class Drawer:
             self._pool.submit(_ready)
 
     def submit(self, plot, args: tuple) -> Future:
-        return self._pool.submit(plot, *args)
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._pool.submit(plot, *args)
+        except BrokenProcessPool:  # a worker died before this figure was sent (killed, out of memory)
+            raise _worker_ended() from None
 
     def __enter__(self) -> Drawer:
         return self
@@ -73,7 +78,11 @@ def wait(futures: list[Future], cancel: bool = False) -> None:
         for future in futures:
             future.result()
     except BrokenProcessPool:
-        from trajcli.errors import DataError
+        raise _worker_ended() from None
 
-        raise DataError("a drawing worker ended while drawing the figures (killed, or out of memory); nothing was "
-                        "written", "run the command again (saved Grams make it quick)") from None
+
+def _worker_ended() -> Exception:
+    from trajcli.errors import DataError
+
+    return DataError("a drawing worker ended while drawing the figures (killed, or out of memory); nothing was "
+                     "written", "run the command again (saved Grams make it quick)")
