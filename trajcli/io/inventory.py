@@ -74,8 +74,9 @@ def take_inventory(discovery: Discovery, selection: Selection, min_checkpoints: 
         raise
     ordered = order_checkpoints(discovery.checkpoints)
     chosen = select_checkpoints(ordered, selection.every, selection.max_checkpoints, selection.steps)
+    kept = {id(c) for c in chosen}  # by identity: `in` on the list compared every pair (O(N²) at N = 500)
     for ckpt in ordered:
-        if ckpt not in chosen:
+        if id(ckpt) not in kept:
             readers.pop(id(ckpt)).close()
     chosen_readers = [readers[id(c)] for c in chosen]
     inv = Inventory(chosen, chosen_readers, [], left_out_paths=list(discovery.left_out))
