@@ -8,6 +8,7 @@ processes on a warm page cache, in interleaved rounds:
 
   similarity  trajcli similarity (the pass, one map): the reference of the same run
   report      trajcli report --recompute: every analysis, file and figure, from one pass
+  reuse       trajcli report again on the same --out: every analysis from the saved grams.npz
 
 and prints medians, report / similarity, and the peak anonymous memory (RssAnon) of each command
 with that of its child processes (its drawing workers) beside it.
@@ -75,7 +76,8 @@ def main() -> None:
             folder, out = work / f"n{n}" / "run", work / f"n{n}" / "out"
             build(folder, n)
             commands = {"similarity": [py, "-m", "trajcli", "similarity", str(folder), "--quiet"],
-                        "report": [py, "-m", "trajcli", "report", str(folder), "--quiet", "--out", str(out), "--recompute"]}
+                        "report": [py, "-m", "trajcli", "report", str(folder), "--quiet", "--out", str(out), "--recompute"],
+                        "reuse": [py, "-m", "trajcli", "report", str(folder), "--quiet", "--out", str(out)]}
             walls = {k: [] for k in commands}
             peaks = {k: [] for k in commands}
             children = {k: [] for k in commands}
@@ -89,6 +91,7 @@ def main() -> None:
                 print(f"  {name:<11} {statistics.median(walls[name]):7.2f} s  peak RssAnon {max(peaks[name]) / MIB:6.0f} MiB"
                       + (f"; child processes + {max(children[name]) / MIB:.0f} MiB" if max(children[name]) else ""))
             per_round = [r / s for r, s in zip(walls["report"], walls["similarity"])]
+            print(f"  reuse / report = {statistics.median(walls['reuse']) / statistics.median(walls['report']):.2f}")
             print(f"  report / similarity = {statistics.median(walls['report']) / statistics.median(walls['similarity']):.2f}"
                   f" (per round: median {statistics.median(per_round):.2f}, {min(per_round):.2f}–{max(per_round):.2f})")
             shutil.rmtree(work / f"n{n}")

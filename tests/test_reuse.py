@@ -75,6 +75,28 @@ def test_grams_file_is_a_plain_npz_of_every_leaf_basis_gram(tmp_path):
         np.testing.assert_allclose(saved, steps @ steps.T, rtol=1e-12, atol=1e-12 * np.abs(steps @ steps.T).max())
 
 
+def test_saved_grams_load_back_bit_for_bit_and_read_only(tmp_path):
+    """Each leaf's Gram comes back from its saved upper triangle exactly as the pass made it; the loaded
+    arrays are read-only (a derived cut shares them instead of copying)."""
+    from trajcli.engine.store import load_grams, save_grams
+
+    for k, sd in enumerate(random_trajectory(5, seed=3)):
+        save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
+    inv = take_inventory(discover_checkpoints([str(tmp_path / "run")]), Selection())
+    try:
+        grams = gram.accumulate(inv)
+        save_grams(tmp_path / "grams.npz", inv, grams, {})
+        loaded = load_grams(tmp_path / "grams.npz", inv, {})
+    finally:
+        inv.close()
+    assert list(loaded.basis) == list(grams.basis) and len(grams.basis) > 1
+    for leaf, saved in grams.basis.items():
+        assert np.array_equal(loaded.basis[leaf], saved), leaf
+        assert not loaded.basis[leaf].flags.writeable
+        with pytest.raises(ValueError):
+            loaded.basis[leaf][0, 0] = 0.0
+
+
 def test_later_commands_reuse_the_saved_grams(tmp_path, count_reads):
     write_trajectory("llama", tmp_path / "run")
     out = tmp_path / "out"

@@ -136,17 +136,27 @@ def load_grams(path: Path, inv: Inventory, segments: dict[str, Segment]) -> Gram
         return None
     if not _consistent(meta, basis, len(inv.checkpoints)):
         return None  # not what save_grams writes (edited, or another program's): read again
-    n = len(inv.checkpoints)
-    upper = np.triu_indices(n)
-    full = np.empty((len(meta["leaves"]), n, n))
-    full[:, upper[0], upper[1]] = basis
-    full[:, upper[1], upper[0]] = basis
-    saved = GramSet(list(meta["labels"]), dict(zip(meta["leaves"], full)), dict(meta["n_params"]),
+    saved = GramSet(list(meta["labels"]), dict(zip(meta["leaves"], _unpacked(basis, len(inv.checkpoints)))),
+                    dict(meta["n_params"]),
                     dict(meta["tensor_of"]),
                     {t: {int(k): c for k, c in v.items()} for t, v in meta["nonfinite"].items()})
     have = {name: Segment(raw["axis"], tuple((a, b, leaf) for a, b, leaf in raw["ranges"]))
             for name, raw in meta["segments"].items()}
     return derive_gramset(saved, have, segments, inv.tensors)
+
+
+def _unpacked(triangles: np.ndarray, n: int):
+    """Each row (an N × N Gram's upper triangle, row by row) as its symmetric Gram, read-only (a
+    derived cut shares them). Leaf by leaf through flat indices: one scatter into the stacked Grams
+    took 8 times as long (4,700 leaves at N = 154: 3.8 s against 0.45 s)."""
+    upper = np.triu_indices(n)
+    into, mirrored = upper[0] * n + upper[1], upper[1] * n + upper[0]
+    for row in triangles:
+        gram = np.empty(n * n)
+        gram[into] = row
+        gram[mirrored] = row
+        gram.flags.writeable = False
+        yield gram.reshape(n, n)
 
 
 def _consistent(meta: dict, basis: np.ndarray, n: int) -> bool:
@@ -175,7 +185,8 @@ def derive_gramset(grams: GramSet, have: dict[str, Segment], want: dict[str, Seg
         if derived is None:
             return None
         for leaf, parts in derived.items():
-            out.basis[leaf] = sum(grams.basis[p] for p in parts)
+            # one part: the same array, not a copy (a report's cut is the saved one: ~1 GB at 9,000 leaves)
+            out.basis[leaf] = grams.basis[parts[0]] if len(parts) == 1 else sum(grams.basis[p] for p in parts)
             out.n_params[leaf] = sum(grams.n_params[p] for p in parts)
             out.tensor_of[leaf] = t.name
     return out
