@@ -64,10 +64,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--many-leaves", action="store_true",
-                        help="24 layers × 32 heads (hidden 64): 2,304 Q/K/V head leaves, where the work per leaf dominates")
+                        help="Pythia-12B's attention layout (36 layers × 40 heads) at hidden size 80: 4,320 Q/K/V "
+                             "head leaves (8,640 with their biases), where the work per leaf dominates")
     args = parser.parse_args()
     if args.many_leaves:
-        CONFIG.update({"hidden_size": 64, "num_hidden_layers": 24, "num_attention_heads": 32, "intermediate_size": 64,
+        CONFIG.update({"hidden_size": 80, "num_hidden_layers": 36, "num_attention_heads": 40, "intermediate_size": 80,
                        "vocab_size": 64})
     work = Path(tempfile.mkdtemp(prefix="trajcli-long-", dir=args.workdir))
     py = sys.executable
