@@ -225,3 +225,27 @@ def test_cuda_products_equal_the_cpu_ones(tmp_path):
         a, b = (np.array(d["matrix"], dtype=float) for d in (cpu, cuda))
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-9)
         assert abs(cuda["mds"] - cpu["mds"]) <= 1e-9
+
+
+def test_a_stale_grams_file_is_judged_by_its_record_alone(tmp_path, monkeypatch):
+    """Changed checkpoints: only the record (meta) of grams.npz is read, not its Grams, which can be
+    gigabytes. A record that is not a JSON object is not ours: read again, no traceback."""
+    import json
+    import zipfile
+
+    sds = random_trajectory(3, seed=6)
+    for k, sd in enumerate(sds):
+        save_safetensors_dir(tmp_path / "run" / f"step{k}", sd)
+    out = tmp_path / "out"
+    expected = run_json(["similarity", tmp_path / "run", "--out", out])
+    opened = []
+    original = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: opened.append(key) or original(self, key))
+    save_safetensors_dir(tmp_path / "run" / "step2", sds[1])  # rewritten
+    changed = run_json(["similarity", tmp_path / "run", "--out", out])
+    assert opened == ["meta"] and changed["identical"] == [["step1", "step2"]]
+    with zipfile.ZipFile(out / "grams.npz", "w") as z:
+        with z.open("meta.npy", "w") as member:
+            np.lib.format.write_array(member, np.array(json.dumps([1, 2])), allow_pickle=False)
+    save_safetensors_dir(tmp_path / "run" / "step2", sds[2])
+    assert run_json(["similarity", tmp_path / "run", "--out", out]) == expected
