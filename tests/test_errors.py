@@ -84,6 +84,33 @@ def test_truncated_safetensors(tmp_path):
     _assert_one_error(run(["similarity", tmp_path]), 1, str(path))
 
 
+def test_a_checkpoint_the_selection_leaves_out_is_never_opened(tmp_path):
+    """A damaged (or still being written) checkpoint outside --steps / --every / --max-checkpoints does
+    not fail the run: only chosen checkpoints are opened (safetensors steps come from the names)."""
+    _trajectory(tmp_path, n=5)
+    path = tmp_path / "checkpoint-4" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:40])
+    _assert_one_error(run(["similarity", tmp_path]), 1, str(path))
+    for selection in (["--steps", ":3"], ["--every", "2", "--steps", "0:2"], ["--max-checkpoints", "2", "--steps", ":3"]):
+        result = run(["similarity", tmp_path, "--json", *selection])
+        assert result.exit_code == 0, (selection, result.stderr)
+        assert "checkpoint-4" not in json.loads(result.stdout)["labels"]
+
+
+def test_torch_files_are_ordered_by_their_own_step_before_the_selection(tmp_path):
+    """nanoGPT files named against their order: iter_num inside each decides it, so they are opened
+    first; --every then picks by that order."""
+    from helpers import save_nanogpt
+
+    names = ["ckpt_d.pt", "ckpt_a.pt", "ckpt_c.pt", "ckpt_b.pt"]  # iter_num 0, 100, 200, 300
+    for k, (name, sd) in enumerate(zip(names, random_trajectory(4, seed=3))):
+        save_nanogpt(tmp_path / name, sd, iter_num=100 * k)
+    result = run(["similarity", tmp_path, "--json", "--every", "2"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [c["step"] for c in doc["checkpoints"]] == [0, 200] and doc["labels"] == ["ckpt_d.pt", "ckpt_c.pt"]
+
+
 def test_corrupt_torch_file(tmp_path):
     for k, sd in enumerate(random_trajectory(2)):
         torch.save(sd, tmp_path / f"ckpt_{k}.pt")

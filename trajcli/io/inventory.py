@@ -9,7 +9,7 @@ from pathlib import Path
 from trajcli.errors import DataError, UsageError
 from trajcli.io.align import find_alignment
 from trajcli.io.discover import Checkpoint, Discovery, discover_checkpoints, order_checkpoints, select_checkpoints, step_from_name
-from trajcli.io.sources import CheckpointReader, open_checkpoint
+from trajcli.io.sources import CheckpointReader, open_checkpoint, step_from_file
 from trajcli.types import TensorSpec
 
 
@@ -65,19 +65,27 @@ def take_inventory(discovery: Discovery, selection: Selection, min_checkpoints: 
     exclude = compile_regex(selection.exclude, "--exclude")
     readers: dict[int, CheckpointReader] = {}
     try:
+        # Only a torch file's own metadata (nanoGPT iter_num, Lightning global_step) can still set a
+        # step: those are opened before the checkpoints are ordered and selected, the others only once
+        # chosen — a checkpoint that --steps, --every or --max-checkpoints leaves out is never opened
+        # (one still being written, say).
         for ckpt in discovery.checkpoints:
             ckpt.strip_prefixes = selection.strip_prefixes
-            readers[id(ckpt)] = open_checkpoint(ckpt)
+            if step_from_file(ckpt):
+                readers[id(ckpt)] = open_checkpoint(ckpt)
+        ordered = order_checkpoints(discovery.checkpoints)
+        chosen = select_checkpoints(ordered, selection.every, selection.max_checkpoints, selection.steps)
+        kept = {id(c) for c in chosen}
+        for ckpt in ordered:
+            if id(ckpt) in readers and id(ckpt) not in kept:
+                readers.pop(id(ckpt)).close()
+        for ckpt in chosen:
+            if id(ckpt) not in readers:
+                readers[id(ckpt)] = open_checkpoint(ckpt)
     except BaseException:
         for r in readers.values():
             r.close()
         raise
-    ordered = order_checkpoints(discovery.checkpoints)
-    chosen = select_checkpoints(ordered, selection.every, selection.max_checkpoints, selection.steps)
-    kept = {id(c) for c in chosen}  # by identity: `in` on the list compared every pair (O(N²) at N = 500)
-    for ckpt in ordered:
-        if id(ckpt) not in kept:
-            readers.pop(id(ckpt)).close()
     chosen_readers = [readers[id(c)] for c in chosen]
     inv = Inventory(chosen, chosen_readers, [], left_out_paths=list(discovery.left_out))
     try:

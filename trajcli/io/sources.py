@@ -444,12 +444,21 @@ def file_identity(path: Path) -> list:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
+def _is_safetensors(ckpt: Checkpoint) -> bool:
+    return all(p.suffix == ".safetensors" for p in ckpt.files)
+
+
+def step_from_file(ckpt: Checkpoint) -> bool:
+    """Whether opening the checkpoint may set its step: a torch file's own metadata (nanoGPT iter_num,
+    Lightning global_step, …) replaces a step taken from its name, not one from trainer_state.json."""
+    return not _is_safetensors(ckpt) and ckpt.step_source in (None, "name")
+
+
 def open_checkpoint(ckpt: Checkpoint) -> CheckpointReader:
     """Open a checkpoint's files (headers only) and list its parameters. The files' identities are
     taken first, before anything of them is read (`CheckpointReader.identity`)."""
     identity = [file_identity(p) for p in ckpt.files]
-    is_st = all(p.suffix == ".safetensors" for p in ckpt.files)
-    reader = SafetensorsReader(ckpt) if is_st else TorchReader(ckpt)
+    reader = SafetensorsReader(ckpt) if _is_safetensors(ckpt) else TorchReader(ckpt)
     reader.identity = identity
     reader._open()
     return reader
