@@ -127,12 +127,12 @@ def load_grams(path: Path, inv: Inventory, segments: dict[str, Segment]) -> Gram
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            if meta.get("format") != STORE_FORMAT or meta.get("identities") != identities(inv):
+            if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT or meta.get("identities") != identities(inv):
                 return None  # stale: the Grams (up to GBs) are not even read
             if meta.get("tensors") != [{"name": t.name, "shape": list(t.shape)} for t in inv.tensors]:
                 return None
             basis = data["basis"]
-    except (OSError, ValueError, KeyError, EOFError, AttributeError, zipfile.BadZipFile):  # not ours, or cut short
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # not ours, or cut short: read again
         return None
     if not _consistent(meta, basis, len(inv.checkpoints)):
         return None  # not what save_grams writes (edited, or another program's): read again
