@@ -401,7 +401,7 @@ class TorchReader(CheckpointReader):
             if self.checkpoint.format == "torch-file":
                 self.checkpoint.format = fmt
             lightning = lightning or fmt == "lightning"
-            if step is not None and self.checkpoint.step_source in (None, "name"):
+            if step is not None and _file_step_wins(self.checkpoint):
                 self.checkpoint.step, self.checkpoint.step_source = step, step_key
             self._handles.append(tensors)
             self.size_bytes += path.stat().st_size
@@ -448,10 +448,15 @@ def _is_safetensors(ckpt: Checkpoint) -> bool:
     return all(p.suffix == ".safetensors" for p in ckpt.files)
 
 
+def _file_step_wins(ckpt: Checkpoint) -> bool:
+    """A step stored in the file (nanoGPT iter_num, Lightning global_step, …) replaces one taken from
+    the name, or none; not one from trainer_state.json."""
+    return ckpt.step_source in (None, "name")
+
+
 def step_from_file(ckpt: Checkpoint) -> bool:
-    """Whether opening the checkpoint may set its step: a torch file's own metadata (nanoGPT iter_num,
-    Lightning global_step, …) replaces a step taken from its name, not one from trainer_state.json."""
-    return not _is_safetensors(ckpt) and ckpt.step_source in (None, "name")
+    """Whether opening the checkpoint may set its step: a torch file whose own step would win."""
+    return not _is_safetensors(ckpt) and _file_step_wins(ckpt)
 
 
 def open_checkpoint(ckpt: Checkpoint) -> CheckpointReader:
