@@ -9,6 +9,7 @@ processes on a warm page cache, in interleaved rounds:
   similarity  trajcli similarity (the pass, one map): the reference of the same run
   report      trajcli report --recompute: every analysis, file and figure, from one pass
   reuse       trajcli report again on the same --out: every analysis from the saved grams.npz
+  sim-saved   trajcli similarity on that --out: the whole model's Grams summed from the report's saved ones
 
 and prints medians, report / similarity, and the peak anonymous memory (RssAnon) of each command
 with that of its child processes (its drawing workers) beside it.
@@ -78,7 +79,8 @@ def main() -> None:
             build(folder, n)
             commands = {"similarity": [py, "-m", "trajcli", "similarity", str(folder), "--quiet"],
                         "report": [py, "-m", "trajcli", "report", str(folder), "--quiet", "--out", str(out), "--recompute"],
-                        "reuse": [py, "-m", "trajcli", "report", str(folder), "--quiet", "--out", str(out)]}
+                        "reuse": [py, "-m", "trajcli", "report", str(folder), "--quiet", "--out", str(out)],
+                        "sim-saved": [py, "-m", "trajcli", "similarity", str(folder), "--quiet", "--out", str(out)]}
             walls = {k: [] for k in commands}
             peaks = {k: [] for k in commands}
             children = {k: [] for k in commands}

@@ -239,13 +239,56 @@ def test_a_stale_grams_file_is_judged_by_its_record_alone(tmp_path, monkeypatch)
     out = tmp_path / "out"
     expected = run_json(["similarity", tmp_path / "run", "--out", out])
     opened = []
-    original = np.lib.npyio.NpzFile.__getitem__
-    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: opened.append(key) or original(self, key))
+    original = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, mode="r", **kw: (
+        opened.append((name, mode)) or original(self, name, mode, **kw)))
     save_safetensors_dir(tmp_path / "run" / "step2", sds[1])  # rewritten
     changed = run_json(["similarity", tmp_path / "run", "--out", out])
-    assert opened == ["meta"] and changed["identical"] == [["step1", "step2"]]
+    assert opened[0] == ("meta.npy", "r") and ("basis.npy", "r") not in opened
+    assert changed["identical"] == [["step1", "step2"]]
     with zipfile.ZipFile(out / "grams.npz", "w") as z:
         with z.open("meta.npy", "w") as member:
             np.lib.format.write_array(member, np.array(json.dumps([1, 2])), allow_pickle=False)
     save_safetensors_dir(tmp_path / "run" / "step2", sds[2])
     assert run_json(["similarity", tmp_path / "run", "--out", out]) == expected
+
+
+def test_a_coarser_cut_loads_summed_from_the_saved_leaves_bit_for_bit(tmp_path, monkeypatch):
+    """Saved per-head Grams serve the Q/K/V parts and whole tensors with the same values, bit for bit,
+    as summing the loaded per-head Grams in memory; a cut the saved one cannot serve is refused from the
+    record, without opening the Grams."""
+    import json
+    import zipfile
+
+    from trajcli.engine.store import derive_gramset, load_grams
+    from trajcli.types import Segment
+
+    write_trajectory("gpt_neox", tmp_path / "run", n=4)
+    out = tmp_path / "out"
+    run_json(["qkv", tmp_path / "run", "--per-head", "--out", out])
+    with zipfile.ZipFile(out / "grams.npz") as z, z.open("meta.npy") as member:
+        meta = json.loads(str(np.lib.format.read_array(member)))
+    have = {name: Segment(raw["axis"], tuple(map(tuple, raw["ranges"]))) for name, raw in meta["segments"].items()}
+    assert any(len(s.ranges) > 3 for s in have.values())  # heads
+    inv = take_inventory(discover_checkpoints([str(tmp_path / "run")]), Selection())
+    try:
+        saved = load_grams(out / "grams.npz", inv, have)
+        parts = {name: Segment(s.axis, tuple((a, b, leaf.rsplit(".h", 1)[0] + "]") for a, b, leaf in s.ranges))
+                 for name, s in have.items()}
+        for want in (parts, {}):
+            loaded = load_grams(out / "grams.npz", inv, want)
+            expected = derive_gramset(saved, have, want, inv.tensors)
+            assert list(loaded.basis) == list(expected.basis) and loaded.n_params == expected.n_params
+            assert loaded.tensor_of == expected.tensor_of
+            for leaf, basis in expected.basis.items():
+                assert np.array_equal(loaded.basis[leaf], basis), leaf
+        opened = []
+        original = zipfile.ZipFile.open
+        monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, mode="r", **kw: (
+            opened.append(name) or original(self, name, mode, **kw)))
+        name, segment = next((n, s) for n, s in have.items() if len(s.ranges) > 1)
+        finer = dict(have, **{name: Segment(segment.axis, ((0, 1, "row0"), (1, segment.ranges[-1][1], "rest")))})
+        assert load_grams(out / "grams.npz", inv, finer) is None
+        assert opened == ["meta.npy"]
+    finally:
+        inv.close()

@@ -141,6 +141,22 @@ def test_a_grams_file_whose_arrays_do_not_fit_its_record_is_not_used(tmp_path):
         assert result.exit_code == 0 and "reusing" not in result.stderr and "Traceback" not in result.stderr
         assert json.loads(result.stdout)["mds"] == _mds(tmp_path / "run")
     assert "reusing" in run(["similarity", tmp_path / "run", "--out", out]).stderr  # the rewritten one serves
+    # a flipped bit in the Grams (the zip's CRC no longer matches), then bytes beyond the array
+    data = (out / "grams.npz").read_bytes()
+    at = data.index(basis[-1].tobytes()) + 5
+    (out / "grams.npz").write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])
+    result = run(["similarity", tmp_path / "run", "--out", out, "--json"])
+    assert result.exit_code == 0 and "reusing" not in result.stderr and "Traceback" not in result.stderr
+    assert json.loads(result.stdout)["mds"] == _mds(tmp_path / "run")
+    with zipfile.ZipFile(out / "grams.npz", "w") as z:
+        with z.open("meta.npy", "w") as member:
+            np.lib.format.write_array(member, meta, allow_pickle=False)
+        with z.open("basis.npy", "w") as member:
+            np.lib.format.write_array(member, basis, allow_pickle=False)
+            member.write(b"\0" * 8)
+    result = run(["similarity", tmp_path / "run", "--out", out, "--json"])
+    assert result.exit_code == 0 and "reusing" not in result.stderr
+    assert json.loads(result.stdout)["mds"] == _mds(tmp_path / "run")
 
 
 # ---- hostile or broken inputs: one line, never a traceback, a hang or a runaway allocation ----------

@@ -121,51 +121,99 @@ def _derive(saved: Segment, wanted: Segment, length: int) -> dict[str, list[str]
 
 
 def load_grams(path: Path, inv: Inventory, segments: dict[str, Segment]) -> GramSet | None:
-    """The Gram set for this trajectory and cut from `path`, or None when it cannot serve."""
+    """The Gram set for this trajectory and cut from `path`, or None when it cannot serve.
+
+    Everything that can refuse the file is judged from its record and the array's header before a
+    Gram is read. The saved Grams are then read one leaf at a time, and each wanted leaf is summed
+    from its saved ones while still packed (upper triangles): memory holds the wanted cut, not the
+    saved one — `similarity` on a folder a Pythia-12B-shaped report wrote (8,786 leaves, 850 MB)
+    unpacks a few hundred tensors' Grams instead of every head's."""
     if not path.is_file():
         return None
+    n = len(inv.checkpoints)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
+        with zipfile.ZipFile(path) as z:  # as np.savez wrote it: meta.npy, basis.npy
+            with z.open("meta.npy") as member:
+                meta = json.loads(str(np.lib.format.read_array(member, allow_pickle=False)))
             if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT or meta.get("identities") != identities(inv):
                 return None  # stale: the Grams (up to GBs) are not even read
             if meta.get("tensors") != [{"name": t.name, "shape": list(t.shape)} for t in inv.tensors]:
                 return None
-            basis = data["basis"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # not ours, or cut short: read again
+            if not _consistent(meta, n):
+                return None  # not what save_grams writes (edited, or another program's): read again
+            have = {name: Segment(raw["axis"], tuple((a, b, leaf) for a, b, leaf in raw["ranges"]))
+                    for name, raw in meta["segments"].items()}
+            plan = _derivation(have, segments, inv.tensors)
+            if plan is None:
+                return None  # the saved cut does not refine this one: read again, the Grams unread
+            with z.open("basis.npy") as member:
+                shape, dtype, fortran_order = _array_header(member)
+                if dtype != np.float64 or fortran_order or shape != (len(meta["leaves"]), n * (n + 1) // 2):
+                    return None  # one float64 upper triangle of an N × N Gram per leaf, or not ours
+                out = GramSet(list(meta["labels"]), nonfinite={t: {int(k): c for k, c in v.items()}
+                                                               for t, v in meta["nonfinite"].items()})
+                for leaf, (tensor, parts) in plan.items():
+                    out.n_params[leaf] = sum(meta["n_params"][p] for p in parts)
+                    out.tensor_of[leaf] = tensor
+                out.basis = _summed(member, meta["leaves"], plan, n)
+                if member.read(1):
+                    return None  # more than the header says
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):  # not ours, or cut short
         return None
-    if not _consistent(meta, basis, len(inv.checkpoints)):
-        return None  # not what save_grams writes (edited, or another program's): read again
-    saved = GramSet(list(meta["labels"]), dict(zip(meta["leaves"], _unpacked(basis, len(inv.checkpoints)))),
-                    dict(meta["n_params"]),
-                    dict(meta["tensor_of"]),
-                    {t: {int(k): c for k, c in v.items()} for t, v in meta["nonfinite"].items()})
-    have = {name: Segment(raw["axis"], tuple((a, b, leaf) for a, b, leaf in raw["ranges"]))
-            for name, raw in meta["segments"].items()}
-    return derive_gramset(saved, have, segments, inv.tensors)
+    return out
 
 
-def _unpacked(triangles: np.ndarray, n: int):
-    """Each row (an N × N Gram's upper triangle, row by row) as its symmetric Gram, read-only (a
-    derived cut shares them). Leaf by leaf through flat indices: one scatter into the stacked Grams
-    took 8 times as long (4,700 leaves at N = 154: 3.8 s against 0.45 s)."""
+def _array_header(member) -> tuple[tuple, np.dtype, bool]:
+    """(shape, dtype, fortran_order) of the .npy array `member` is positioned at; ValueError if none."""
+    version = np.lib.format.read_magic(member)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f"npy format {version}")
+    shape, fortran_order, dtype = read(member)
+    return shape, dtype, fortran_order
+
+
+def _summed(member, leaves: list[str], plan: dict[str, tuple[str, list[str]]], n: int) -> dict[str, np.ndarray]:
+    """Each wanted leaf's Gram from the saved rows (upper triangles, one per saved leaf, in `leaves`'
+    order) read from `member`: its saved leaves summed in the order `plan` lists them — as
+    derive_gramset sums unpacked Grams, so the values are the same bit for bit — then unpacked. A
+    row is held only until the wanted leaf it belongs to is complete."""
+    width = n * (n + 1) // 2
     upper = np.triu_indices(n)
     into, mirrored = upper[0] * n + upper[1], upper[1] * n + upper[0]
-    for row in triangles:
-        gram = np.empty(n * n)
-        gram[into] = row
-        gram[mirrored] = row
-        gram.flags.writeable = False
-        yield gram.reshape(n, n)
+    owner = {p: leaf for leaf, (_, parts) in plan.items() for p in parts}
+    missing = {leaf: len(parts) for leaf, (_, parts) in plan.items()}
+    held: dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
+    for saved in leaves:
+        data = member.read(width * 8)
+        if len(data) != width * 8:
+            raise EOFError("basis.npy is cut short")
+        if saved not in owner:
+            continue
+        held[saved] = np.frombuffer(data, dtype=np.float64)
+        leaf = owner[saved]
+        missing[leaf] -= 1
+        if not missing[leaf]:
+            parts = plan[leaf][1]
+            row = held.pop(parts[0]) if len(parts) == 1 else sum(held.pop(p) for p in parts)
+            gram = np.empty(n * n)
+            gram[into] = row
+            gram[mirrored] = row
+            gram.flags.writeable = False  # read-only: the analyses share it
+            out[leaf] = gram.reshape(n, n)
+    if len(out) != len(plan):
+        raise ValueError("a wanted leaf's saved leaves are not all in basis.npy")
+    return {leaf: out[leaf] for leaf in plan}  # in the wanted cut's order
 
 
-def _consistent(meta: dict, basis: np.ndarray, n: int) -> bool:
-    """The arrays fit the record: one float64 upper triangle of an N × N Gram per leaf, every leaf with
-    its tensor and size, every tensor cut into the leaves it records."""
+def _consistent(meta: dict, n: int) -> bool:
+    """The record holds together: N labels, every leaf once, with its tensor and size, every tensor
+    cut into the leaves it records."""
     leaves = meta.get("leaves")
     if not (isinstance(leaves, list) and len(set(leaves)) == len(leaves) and isinstance(meta.get("labels"), list)):
         return False
-    if basis.dtype != np.float64 or basis.shape != (len(leaves), n * (n + 1) // 2) or len(meta["labels"]) != n:
+    if len(meta["labels"]) != n:
         return False
     segments, tensor_of, n_params = meta.get("segments"), meta.get("tensor_of"), meta.get("n_params")
     if not (isinstance(segments, dict) and isinstance(tensor_of, dict) and isinstance(n_params, dict)):
@@ -174,21 +222,32 @@ def _consistent(meta: dict, basis: np.ndarray, n: int) -> bool:
     return set(leaves) == cut == set(tensor_of) == set(n_params) and isinstance(meta.get("nonfinite"), dict)
 
 
-def derive_gramset(grams: GramSet, have: dict[str, Segment], want: dict[str, Segment], tensors) -> GramSet | None:
-    """The Gram set for the cut `want`, summed from one computed with the cut `have`; None when
-    `have` does not refine `want` for some tensor."""
-    out = GramSet(list(grams.labels), nonfinite=dict(grams.nonfinite))
+def _derivation(have: dict[str, Segment], want: dict[str, Segment], tensors) -> dict[str, tuple[str, list[str]]] | None:
+    """wanted leaf -> (its tensor, the leaves of the cut `have` that sum to it); None when `have` does
+    not refine `want` for some tensor."""
+    plan: dict[str, tuple[str, list[str]]] = {}
     for t in tensors:
         saved_segment = have.get(t.name) or whole_segment(t)
         wanted = want.get(t.name) or whole_segment(t)
         derived = _derive(saved_segment, wanted, t.shape[wanted.axis] if t.shape else 1)
         if derived is None:
             return None
-        for leaf, parts in derived.items():
-            # one part: the same array, not a copy (a report's cut is the saved one: ~1 GB at 9,000 leaves)
-            out.basis[leaf] = grams.basis[parts[0]] if len(parts) == 1 else sum(grams.basis[p] for p in parts)
-            out.n_params[leaf] = sum(grams.n_params[p] for p in parts)
-            out.tensor_of[leaf] = t.name
+        plan.update((leaf, (t.name, parts)) for leaf, parts in derived.items())
+    return plan
+
+
+def derive_gramset(grams: GramSet, have: dict[str, Segment], want: dict[str, Segment], tensors) -> GramSet | None:
+    """The Gram set for the cut `want`, summed from one computed with the cut `have`; None when
+    `have` does not refine `want` for some tensor."""
+    plan = _derivation(have, want, tensors)
+    if plan is None:
+        return None
+    out = GramSet(list(grams.labels), nonfinite=dict(grams.nonfinite))
+    for leaf, (tensor, parts) in plan.items():
+        # one part: the same array, not a copy (a report's cut is the saved one: ~1 GB at 9,000 leaves)
+        out.basis[leaf] = grams.basis[parts[0]] if len(parts) == 1 else sum(grams.basis[p] for p in parts)
+        out.n_params[leaf] = sum(grams.n_params[p] for p in parts)
+        out.tensor_of[leaf] = tensor
     return out
 
 
