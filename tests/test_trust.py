@@ -141,6 +141,18 @@ def test_a_grams_file_whose_arrays_do_not_fit_its_record_is_not_used(tmp_path):
         assert result.exit_code == 0 and "reusing" not in result.stderr and "Traceback" not in result.stderr
         assert json.loads(result.stdout)["mds"] == _mds(tmp_path / "run")
     assert "reusing" in run(["similarity", tmp_path / "run", "--out", out]).stderr  # the rewritten one serves
+    record = json.loads(str(meta))
+    tensor = next(iter(record["segments"]))
+    for broken in (5, {"ranges": 5}, {"axis": 0, "ranges": [[0, 1]]}, {"ranges": [[0, 1, "x"]]}):  # hand-edited records
+        with zipfile.ZipFile(out / "grams.npz", "w") as z:
+            with z.open("meta.npy", "w") as member:
+                edited = dict(record, segments=dict(record["segments"], **{tensor: broken}))
+                np.lib.format.write_array(member, np.array(json.dumps(edited)), allow_pickle=False)
+            with z.open("basis.npy", "w") as member:
+                np.lib.format.write_array(member, basis, allow_pickle=False)
+        result = run(["similarity", tmp_path / "run", "--out", out, "--json"])
+        assert result.exit_code == 0 and "reusing" not in result.stderr and "Traceback" not in result.stderr, broken
+        assert json.loads(result.stdout)["mds"] == _mds(tmp_path / "run")
     # a flipped bit in the Grams (the zip's CRC no longer matches), then bytes beyond the array
     data = (out / "grams.npz").read_bytes()
     at = data.index(basis[-1].tobytes()) + 5

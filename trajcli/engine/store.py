@@ -158,7 +158,7 @@ def load_grams(path: Path, inv: Inventory, segments: dict[str, Segment]) -> Gram
                 out.basis = _summed(member, meta["leaves"], plan, n)
                 if member.read(1):
                     return None  # more than the header says
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):  # not ours, or cut short
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile):  # not ours, cut short
         return None
     return out
 
