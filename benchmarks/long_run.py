@@ -10,6 +10,7 @@ processes on a warm page cache, in interleaved rounds:
   report      trajcli report --recompute: every analysis, file and figure, from one pass
   reuse       trajcli report again on the same --out: every analysis from the saved grams.npz
   sim-saved   trajcli similarity on that --out: the whole model's Grams summed from the report's saved ones
+  plot-role   trajcli plot of the report's layers_role.json (every role group's N × N map, read back)
 
 and prints medians, report / similarity, and the peak anonymous memory (RssAnon) of each command
 with that of its child processes (its drawing workers) beside it.
@@ -80,7 +81,9 @@ def main() -> None:
             commands = {"similarity": [py, "-m", "trajcli", "similarity", str(folder), "--quiet"],
                         "report": [py, "-m", "trajcli", "report", str(folder), "--quiet", "--out", str(out), "--recompute"],
                         "reuse": [py, "-m", "trajcli", "report", str(folder), "--quiet", "--out", str(out)],
-                        "sim-saved": [py, "-m", "trajcli", "similarity", str(folder), "--quiet", "--out", str(out)]}
+                        "sim-saved": [py, "-m", "trajcli", "similarity", str(folder), "--quiet", "--out", str(out)],
+                        "plot-role": [py, "-m", "trajcli", "plot", str(out / "layers_role.json"), "--out",
+                                      str(work / f"n{n}" / "plots")]}
             walls = {k: [] for k in commands}
             peaks = {k: [] for k in commands}
             children = {k: [] for k in commands}

@@ -184,3 +184,30 @@ def test_curve_figures_get_the_documents_without_their_maps(tmp_path, monkeypatc
     for (_, m), g in zip(maps, saved):
         np.testing.assert_array_equal(m, np.array([[np.nan if v is None else v for v in row] for row in g["matrix"]]))
     assert np.isnan(dict(maps)["embed.weight"]).all()  # null entries came back as NaN
+
+
+def test_result_documents_read_as_the_standard_library_reads_them(tmp_path, monkeypatch):
+    """plot and compare read trajcli's documents through orjson (3× quicker on a long run's maps); what
+    only Python's json accepts — NaN and Infinity literals, as json.dumps writes them into a document
+    edited in Python — is still read, to the same values."""
+    from trajcli.io.jsonfile import parse_result
+    from trajcli.report import drawing
+
+    for text in ('{"a": 1, "a": [0.1, -0.0, 1e-400, null, true, 18446744073709551615]}', "[NaN, Infinity, -Infinity]",
+                 "[1e400]", '"\\ud800"', '{"schema": "trajcli.layers/1", "m": [[1.0, 0.30000000000000004]]}'):
+        assert repr(parse_result(text)) == repr(json.loads(text)), text
+    with pytest.raises(json.JSONDecodeError):
+        parse_result("[1,]")
+    write_trajectory("gpt_neox", tmp_path / "run")
+    assert run(["layers", tmp_path / "run", "--out", tmp_path / "out"]).exit_code == 0
+    doc = json.loads((tmp_path / "out" / "layers.json").read_text())
+    doc["groups"][0]["matrix"][0][1] = doc["groups"][0]["matrix"][1][0] = float("nan")
+    (tmp_path / "edited.json").write_text(json.dumps(doc))  # NaN, not null
+    sent = []
+    monkeypatch.setattr(drawing, "run", lambda jobs: sent.extend((plot.__name__, args) for plot, args in jobs))
+    result = run(["plot", tmp_path / "edited.json", "--out", tmp_path / "plots"])
+    assert result.exit_code == 0, result.stderr
+    maps = dict(sent)["map_grid"][1]
+    first = np.array([[np.nan if v is None else v for v in row] for row in doc["groups"][0]["matrix"]])
+    np.testing.assert_array_equal(maps[0][1], first)
+    assert np.isnan(maps[0][1][0, 1]) and np.isfinite(maps[0][1][0, 2])

@@ -112,10 +112,10 @@ def _saved_documents(folder: Path) -> dict:
         path = folder / f"similarity_{mode}.json"
         if not path.is_file():
             raise DataError(f"{folder} has report.json but no {path.name}", "run `trajcli report` into it again")
-        docs[f"similarity_{mode}"] = read_json(path, "similarity result", "")
+        docs[f"similarity_{mode}"] = read_json(path, "similarity result", "", result=True)
     for part, what in (("qkv", "Q/K/V result"), ("dynamics", "dynamics result"), ("curvature", "curvature result")):
         if (folder / f"{part}.json").is_file():
-            docs[part] = read_json(folder / f"{part}.json", what, "")
+            docs[part] = read_json(folder / f"{part}.json", what, "", result=True)
     return docs
 
 

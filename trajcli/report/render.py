@@ -311,10 +311,10 @@ def print_qkv(doc: dict, written: list[Path]) -> None:
 
 
 def _load_result(path: Path) -> dict:
-    import json
+    from trajcli.io.jsonfile import parse_result
 
     try:
-        doc = json.loads(path.read_text())
+        doc = parse_result(path.read_text())
         schema = doc["schema"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise DataError(f"cannot read result file {path}: {exc.__class__.__name__}: {exc}",
